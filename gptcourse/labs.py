@@ -1,0 +1,198 @@
+"""Labs are generated from solutions; every notebook gets the same Colab header.
+
+``python -m gptcourse.labs build`` writes ``labs/labNN_*.ipynb`` from ``solutions/labNN_*.ipynb``:
+
+* in code cells, the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` become
+  ``raise NotImplementedError()`` (at the marker's indentation); the lines around them stay;
+* outputs and execution counts are cleared;
+* graded cells (cell tag ``grade``; metadata ``gptcourse: {exercise, points}``) are kept as they are.
+
+It also rewrites the header of every notebook in ``chapters/``, ``solutions/`` and ``labs/``: an
+"Open in Colab" badge and a setup cell that installs this package when running in Colab, both
+built from ``repository.url`` and ``repository.branch`` in ``_config.yml`` (one place to change on
+a fork). ``python -m gptcourse.labs check`` exits 1, listing the files, when anything on disk
+differs from what ``build`` would write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+GRADE_TAG = "grade"
+BADGE_TAG, SETUP_TAG = "colab-badge", "colab-setup"
+NOTEBOOK_DIRS = ("chapters", "solutions", "labs")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def repository(root: Path = ROOT) -> tuple[str, str]:
+    """``(url, branch)`` of the course repository, read from ``_config.yml``."""
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    repo = config["repository"]
+    return repo["url"].rstrip("/"), repo.get("branch", "main")
+
+
+def colab_url(relpath: str, root: Path = ROOT) -> str:
+    """The Colab address that opens notebook ``relpath`` (relative to the repository root)."""
+    url, branch = repository(root)
+    github = url.removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{github}/blob/{branch}/{relpath}"
+
+
+def install_spec(root: Path = ROOT) -> str:
+    """The pip requirement that installs this package from the repository."""
+    url, branch = repository(root)
+    return f"gptcourse @ git+{url}@{branch}"
+
+
+def header_cells(relpath: str, root: Path = ROOT) -> list[nbformat.NotebookNode]:
+    """The badge cell and the setup cell for notebook ``relpath``."""
+    badge = nbformat.v4.new_markdown_cell(
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(relpath, root)})",
+        metadata={"tags": [BADGE_TAG]},
+    )
+    setup = nbformat.v4.new_code_cell(
+        "# In Colab, install the course package (Colab's own torch is kept); elsewhere see the setup page.\n"
+        "import subprocess, sys\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{install_spec(root)}"], check=True)\n'
+        "\n"
+        "from gptcourse.hardware import setup\n"
+        "device, size = setup()",
+        metadata={"tags": [SETUP_TAG]},
+    )
+    badge.id, setup.id = BADGE_TAG, SETUP_TAG
+    return [badge, setup]
+
+
+def _tags(cell: nbformat.NotebookNode) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def with_header(nb: nbformat.NotebookNode, relpath: str, root: Path = ROOT) -> nbformat.NotebookNode:
+    """``nb`` with its header cells made current: the badge first, the setup cell right after the
+    notebook's title cell (or first). A setup cell whose source changes loses its stale outputs."""
+    nb = copy.deepcopy(nb)
+    badge, setup = header_cells(relpath, root)
+    old = {t: c for c in nb.cells for t in _tags(c) if t in (BADGE_TAG, SETUP_TAG)}
+    body = [c for c in nb.cells if not {BADGE_TAG, SETUP_TAG} & set(_tags(c))]
+    if SETUP_TAG in old and old[SETUP_TAG].source == setup.source:
+        setup = old[SETUP_TAG]
+    title = [body.pop(0)] if body and body[0].cell_type == "markdown" else []
+    nb.cells = [badge] + title + [setup] + body
+    return nb
+
+
+def strip_solutions(source: str) -> str:
+    """Replace every ``BEGIN SOLUTION .. END SOLUTION`` block of ``source`` by ``raise NotImplementedError()``."""
+    out, inside = [], False
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped == BEGIN:
+            if inside:
+                raise ValueError(f"nested {BEGIN!r}")
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}raise NotImplementedError()")
+        elif stripped == END:
+            if not inside:
+                raise ValueError(f"{END!r} without {BEGIN!r}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"{BEGIN!r} without {END!r}")
+    return "\n".join(out)
+
+
+def make_lab(solution: nbformat.NotebookNode, relpath: str, root: Path = ROOT) -> nbformat.NotebookNode:
+    """The student notebook for a solution notebook (``relpath`` is the lab's own path)."""
+    lab = with_header(solution, relpath, root)
+    for cell in lab.cells:
+        if cell.cell_type != "code":
+            continue
+        if BEGIN in cell.source:
+            cell.source = strip_solutions(cell.source)
+        cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)
+    return lab
+
+
+def graded_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    """The graded test cells of a notebook, in order."""
+    return [c for c in nb.cells if c.cell_type == "code" and GRADE_TAG in _tags(c)]
+
+
+def _dump(nb: nbformat.NotebookNode) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def expected_files(root: Path = ROOT) -> dict[Path, str]:
+    """Every file ``build`` writes, with the text it writes."""
+    files: dict[Path, str] = {}
+    for folder in ("chapters", "solutions"):
+        for path in sorted((root / folder).glob("*.ipynb")):
+            rel = path.relative_to(root).as_posix()
+            files[path] = _dump(with_header(nbformat.read(path, as_version=4), rel, root))
+    for path in sorted((root / "solutions").glob("lab*.ipynb")):
+        lab_path = root / "labs" / path.name
+        solution = nbformat.reads(files[path], as_version=4)
+        files[lab_path] = _dump(make_lab(solution, lab_path.relative_to(root).as_posix(), root))
+    return files
+
+
+def build(root: Path = ROOT) -> list[Path]:
+    """Write every generated file that differs from its expected text; return those written."""
+    written = []
+    expected = expected_files(root)
+    for path, text in expected.items():
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+    for stale in sorted((root / "labs").glob("*.ipynb")):
+        if stale not in expected:
+            stale.unlink()
+            written.append(stale)
+    return written
+
+
+def check(root: Path = ROOT) -> list[str]:
+    """Problems: files that differ from what ``build`` would write, or labs with no solution."""
+    expected = expected_files(root)
+    problems = [f"{p.relative_to(root)} is out of date" for p, text in expected.items()
+                if not p.exists() or p.read_text(encoding="utf-8") != text]
+    problems += [f"{p.relative_to(root)} has no solution in solutions/"
+                 for p in sorted((root / "labs").glob("*.ipynb")) if p not in expected]
+    for path in sorted((root / "solutions").glob("lab*.ipynb")):
+        if not graded_cells(nbformat.read(path, as_version=4)):
+            problems.append(f"{path.relative_to(root)} has no graded cell (tag {GRADE_TAG!r})")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gptcourse.labs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["build", "check"])
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        for path in build():
+            print(f"wrote {path.relative_to(ROOT)}")
+        return 0
+    problems = check()
+    for problem in problems:
+        print(problem)
+    if problems:
+        print("run `python -m gptcourse.labs build` (or `make labs`) to regenerate", file=sys.stderr)
+        return 1
+    print("labs and notebook headers are up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

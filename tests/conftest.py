@@ -1,0 +1,39 @@
+"""Shared fixtures. Offline assets (Tiny Shakespeare, tiktoken's GPT-2 files) are skipped with a
+clear message when they cannot be had, except under GPTCOURSE_REQUIRE_DATA=1 (CI), where a test
+that cannot get them fails: a skipped test proves nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+def _unavailable(what: str, err: Exception) -> None:
+    message = f"{what} is not available ({err})"
+    if os.environ.get("GPTCOURSE_REQUIRE_DATA") == "1":
+        pytest.fail(message + "; GPTCOURSE_REQUIRE_DATA=1 forbids skipping", pytrace=False)
+    pytest.skip(message + "; set GPTCOURSE_DATA_DIR / TIKTOKEN_CACHE_DIR or go online")
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> str:
+    from gptcourse.data import DataUnavailableError, load_text
+
+    try:
+        return load_text("tinyshakespeare")
+    except DataUnavailableError as err:
+        _unavailable("Tiny Shakespeare", err)
+
+
+@pytest.fixture(scope="session")
+def gpt2_enc():
+    from gptcourse.tokenizers import gpt2_encoding
+
+    try:
+        return gpt2_encoding("gpt2")
+    except Exception as err:  # tiktoken raises requests/OSError variants when offline
+        _unavailable("tiktoken's gpt2 encoding", err)

@@ -1,0 +1,81 @@
+"""The lab pipeline: the generator's rules, labs in sync with solutions, and unsolved labs failing
+every graded cell with NotImplementedError and nothing else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from gptcourse import labs
+
+ROOT = Path(__file__).resolve().parent.parent
+LABS = sorted((ROOT / "labs").glob("lab*.ipynb"))
+
+
+def test_strip_solutions_keeps_the_lines_around_the_block():
+    source = "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION\n\nz = 1"
+    assert labs.strip_solutions(source) == "def f(x):\n    '''doc'''\n    raise NotImplementedError()\n\nz = 1"
+
+
+@pytest.mark.parametrize("source", [
+    "### BEGIN SOLUTION\nx = 1",
+    "x = 1\n### END SOLUTION",
+    "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION",
+])
+def test_strip_solutions_rejects_unbalanced_markers(source):
+    with pytest.raises(ValueError):
+        labs.strip_solutions(source)
+
+
+def test_make_lab_clears_outputs_and_keeps_graded_cells():
+    solution = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Lab"),
+        nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION",
+                                  execution_count=3, outputs=[nbformat.v4.new_output("stream", text="1")]),
+        nbformat.v4.new_code_cell("assert f() == 1", metadata={"tags": ["grade"], "gptcourse": {"exercise": "f", "points": 1}}),
+    ])
+    lab = labs.make_lab(solution, "labs/lab99_x.ipynb")
+    code = [c for c in lab.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert "raise NotImplementedError()" in code[1].source and "return 1" not in code[1].source
+    assert labs.graded_cells(lab)[0].source == "assert f() == 1"
+    # the header: a Colab badge pointing at the lab's own path, then the title, then the setup cell
+    assert "labs/lab99_x.ipynb" in lab.cells[0].source and lab.cells[1].source == "# Lab"
+    assert labs.install_spec() in lab.cells[2].source
+
+
+def test_labs_are_generated_from_solutions():
+    problems = labs.check()
+    assert not problems, "\n".join(problems) + "\nrun `python -m gptcourse.labs build`"
+
+
+def test_every_solution_has_a_lab():
+    solutions = sorted(p.name for p in (ROOT / "solutions").glob("lab*.ipynb"))
+    assert solutions, "no solution notebooks found"
+    assert solutions == [p.name for p in LABS]
+
+
+@pytest.mark.parametrize("path", LABS, ids=[p.stem for p in LABS])
+def test_unsolved_lab_fails_graded_cells_with_not_implemented_only(path):
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=dict(os.environ, GPTCOURSE_SIZE="smoke"))
+    graded = labs.graded_cells(nb)
+    assert graded, f"{path.name} has no graded cells"
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        label = cell.metadata.get("gptcourse", {}).get("exercise", f"cell {index}")
+        if cell in graded and not errors:
+            problems.append(f"graded cell {label} passes without a solution")
+        for err in errors:
+            if err.ename != "NotImplementedError":
+                problems.append(f"{label} fails with {err.ename}: {err.evalue}")
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
