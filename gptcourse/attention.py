@@ -26,6 +26,34 @@ def causal_mask(T: int, S: int | None = None, device: torch.device | str | None 
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.dim() < 2):
+            raise TypeError(f"{name} must be a tensor of shape (..., T, d), got {t!r:.60}")
+    if q.size(-1) != k.size(-1):
+        raise ValueError(f"q and k must have the same last dimension d, got {q.size(-1)} and {k.size(-1)}")
+    if v is not None and v.size(-2) != k.size(-2):
+        raise ValueError(f"k and v must have the same number of positions S, got {k.size(-2)} and {v.size(-2)}")
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention weights ``softmax(q k^T / sqrt(d) + mask)``: ``(..., T, S)``, each row sums to 1.
+
+    ``mask`` broadcasts to ``(..., T, S)``: boolean (True = may attend) or additive (float). A query
+    that may attend to nothing gets a row of zeros (as in ``F.scaled_dot_product_attention``).
+    """
+    _check_qkv(q, k)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    weights = torch.softmax(scores, dim=-1)
+    # a row of -inf scores gives 0/0 = NaN; nothing to attend to means a zero output instead
+    return weights.masked_fill(torch.isneginf(scores).all(dim=-1, keepdim=True), 0.0)
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -35,13 +63,8 @@ def attention(
     broadcasts to ``(..., T, S)`` and is boolean (True = may attend) or additive (float).
     Returns ``(..., T, dv)``. Equals ``F.scaled_dot_product_attention`` (tested).
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask
-    return torch.softmax(scores, dim=-1) @ v
+    _check_qkv(q, k, v)
+    return attention_weights(q, k, mask) @ v
 
 
 class KVCache:
@@ -94,31 +117,189 @@ class MultiHeadAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` is ``(B, T, C)``; returns ``(B, T, C)``. ``mask`` (``(T, S)``, True = may attend)
-        replaces the causal mask, e.g. for sparse attention; with ``cache``, keys and values of
-        earlier positions are reused and only the ``T`` new positions are computed."""
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project ``x`` ``(B, T, C)`` to queries ``(B, nh, T, hd)``, keys and values ``(B, nkv, T, hd)``."""
         B, T, C = x.shape
         hd, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
         q, k, v = self.c_attn(x).split([nh * hd, nkv * hd, nkv * hd], dim=2)
         q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)
+        return q, k, v
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``(B, nh, T, T)`` weights each head puts on each earlier position of ``x`` ``(B, T, C)``
+        (causal unless ``mask`` is given); for looking at attention, not used by ``forward``."""
+        q, k, _ = self.qkv(x)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        T = x.size(1)
+        return attention_weights(q, k, causal_mask(T, device=x.device) if mask is None else mask)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` is ``(B, T, C)``; returns ``(B, T, C)``. ``mask`` (``(T, S)``, True = may attend)
+        replaces the causal mask, e.g. for sparse attention; with ``cache``, keys and values of
+        earlier positions are reused and only the ``T`` new positions are computed."""
+        B, T, C = x.shape
+        nh, nkv = self.n_head, self.n_kv_head
+        q, k, v = self.qkv(x)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, nkv, S, hd)
-        if nkv != nh:
-            # each group of nh // nkv query heads reads the same key/value head
-            k = k.repeat_interleave(nh // nkv, dim=1)
-            v = v.repeat_interleave(nh // nkv, dim=1)
         S = k.size(2)
         dropout = self.dropout if self.training else 0.0
-        if mask is None and S == T:
-            # the fused kernels build the causal mask themselves (no (T, T) tensor in memory)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        else:
-            if mask is None:
+        if nkv != nh and cache is not None:
+            # decoding with shared key/value heads: fold each group of nh // nkv query heads into the
+            # query axis, so every cached key/value head is read once and never copied (the MQA/GQA gain)
+            g = nh // nkv
+            q = q.reshape(B, nkv, g * T, self.head_dim)
+            if mask is None and T > 1:
                 mask = causal_mask(T, S, device=x.device)
+            if mask is not None:
+                # (..., g*T, S): the same mask for every query head of a group
+                mask = mask.repeat(*([1] * (mask.dim() - 2)), g, 1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = y.view(B, nh, T, self.head_dim)
+        else:
+            if nkv != nh:
+                # each group of nh // nkv query heads reads the same key/value head
+                k = k.repeat_interleave(nh // nkv, dim=1)
+                v = v.repeat_interleave(nh // nkv, dim=1)
+            if mask is None and S == T:
+                # the fused kernels build the causal mask themselves (no (T, T) tensor in memory)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            else:
+                if mask is None:
+                    mask = causal_mask(T, S, device=x.device)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+# --- Sparse attention ------------------------------------------------------------------------
+# Child et al. (2019), "Generating Long Sequences with Sparse Transformers", let each query see a
+# few hundred keys instead of all earlier ones; GPT-3 alternates dense layers with locally banded
+# ones. Here a pattern is a boolean mask (True = may attend, always causal), so every pattern runs
+# through the same attention code; `local_attention` shows how a band saves time for real.
+
+
+def _query_key_positions(T: int, S: int | None, device: torch.device | str | None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute positions ``(T, 1)`` of the queries (the last ``T`` of ``S``) and ``(1, S)`` of the keys."""
+    S = T if S is None else S
+    if T > S:
+        raise ValueError(f"a mask needs T <= S (the queries are the last T of S keys), got T={T}, S={S}")
+    return (torch.arange(S - T, S, device=device)[:, None], torch.arange(S, device=device)[None, :])
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def local_mask(T: int, window: int, S: int | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean ``(T, S)`` locally banded causal mask: query ``i`` sees key ``j`` when
+    ``0 <= i - j < window`` (itself and the ``window - 1`` positions before it).
+
+    As in :func:`causal_mask`, with ``S > T`` the queries are the last ``T`` of ``S`` positions, so
+    the result equals rows ``S-T .. S`` of ``local_mask(S, window)``.
+    """
+    _check_positive("window", window)
+    i, j = _query_key_positions(T, S, device)
+    return (i - j >= 0) & (i - j < window)
+
+
+def strided_mask(T: int, stride: int, S: int | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean ``(T, S)`` strided causal mask of the Sparse Transformer, its two heads merged:
+    query ``i`` sees the last ``stride`` positions (``0 <= i - j < stride``) and every earlier
+    position a multiple of ``stride`` back (``(i - j) % stride == 0``).
+
+    Any key is then reachable in two hops; with ``stride ~ sqrt(T)`` each query attends to about
+    ``2 sqrt(T)`` keys instead of ``T``. Rows ``S-T .. S`` when ``S > T``, as in :func:`local_mask`.
+    """
+    _check_positive("stride", stride)
+    i, j = _query_key_positions(T, S, device)
+    d = i - j
+    return (d >= 0) & ((d < stride) | (d % stride == 0))
+
+
+SPARSE_PATTERNS = {
+    "dense": lambda T, S, window, stride, device: causal_mask(T, S, device=device),
+    "local": lambda T, S, window, stride, device: local_mask(T, window, S, device=device),
+    "strided": lambda T, S, window, stride, device: strided_mask(T, stride, S, device=device),
+}
+"""Pattern name -> mask builder ``(T, S, window, stride, device) -> (T, S)`` boolean mask."""
+
+
+def sparse_mask(pattern: str, T: int, S: int | None = None, *, window: int = 1, stride: int = 1,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """The ``(T, S)`` boolean mask of ``pattern`` (a key of :data:`SPARSE_PATTERNS`); ``window``
+    is used by ``"local"``, ``stride`` by ``"strided"``."""
+    if pattern not in SPARSE_PATTERNS:
+        raise ValueError(f"unknown attention pattern {pattern!r}; use one of {tuple(SPARSE_PATTERNS)}")
+    return SPARSE_PATTERNS[pattern](T, S, window, stride, device)
+
+
+def attended_pairs(mask: torch.Tensor) -> int:
+    """The number of (query, key) pairs a mask lets attention compute: its cost in dot products."""
+    return int(mask.sum())
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Causal attention restricted to a band of ``window`` keys, computed block by block.
+
+    ``q, k, v`` are ``(..., T, d)`` (self-attention, no cache). The sequence is cut into blocks of
+    ``window`` positions; each block of queries scores only its own block and the one before it,
+    ``2 * window`` keys, so the cost grows as ``T * window`` instead of ``T ** 2``. Equals
+    ``attention(q, k, v, local_mask(T, window))`` (tested).
+    """
+    _check_positive("window", window)
+    *batch, T, d = q.shape
+    w = window
+    nb = -(-T // w)  # number of blocks
+    pad = nb * w - T
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:  # (..., T, d) -> (..., nb, w, d)
+        return F.pad(t, (0, 0, 0, pad)).view(*batch, nb, w, t.size(-1))
+
+    qb, kb, vb = blocks(q), blocks(k), blocks(v)
+    def with_previous(t: torch.Tensor) -> torch.Tensor:  # (..., nb, w, d) -> (..., nb, 2w, d)
+        # block 0's "previous block" is zero padding, masked out below
+        return torch.cat([F.pad(t, (0, 0, 0, 0, 1, 0))[..., :-1, :, :], t], dim=-2)
+
+    kk, vv = with_previous(kb), with_previous(vb)
+    a = torch.arange(w, device=q.device)[:, None]  # query offset within its block
+    c = torch.arange(2 * w, device=q.device)[None, :]  # key offset, starting one block earlier
+    rel = w + a - c  # i - j
+    band = (rel >= 0) & (rel < w)  # (w, 2w), the same for every block
+    first = (c >= w).expand(w, 2 * w)  # block 0 has no previous block
+    mask = torch.stack([first & band] + [band] * (nb - 1))  # (nb, w, 2w)
+    y = attention(qb, kk, vv, mask)  # (..., nb, w, d)
+    return y.reshape(*batch, nb * w, v.size(-1))[..., :T, :]
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
+    """The attention weights of every :class:`MultiHeadAttention` layer of ``model`` on ``idx`` ``(B, T)``.
+
+    Returns one ``(B, nh, T, T)`` tensor per layer, in order: row ``i`` of head ``h`` says how much
+    position ``i`` takes from each earlier position. Each layer's input is caught with a hook, so
+    this works for any model built from :class:`MultiHeadAttention` (pre- or post-norm).
+    """
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    if not layers:
+        raise ValueError("attention_maps needs a model with MultiHeadAttention layers")
+    maps: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, args, out: maps.append(m.attention_weights(args[0])))
+             for m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        model(idx)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return maps

@@ -3,6 +3,10 @@
 ``temperature=0`` is greedy decoding (always the arg-max: deterministic). Otherwise logits are
 divided by the temperature, optionally restricted to the ``top_k`` most likely tokens and/or to the
 smallest set whose probability reaches ``top_p``, renormalised, and sampled.
+
+``repetition_penalty`` (CTRL, Keskar et al. 2019) makes tokens already in the context less
+likely before anything else: a positive logit is divided by the penalty, a negative one
+multiplied by it (so both move down); 1.0 turns it off.
 """
 
 from __future__ import annotations
@@ -35,18 +39,37 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return logits
 
 
+def apply_repetition_penalty(logits: torch.Tensor, idx: torch.Tensor, penalty: float) -> torch.Tensor:
+    """``(B, V)`` logits with every token that occurs in ``idx`` ``(B, T)`` penalised once
+    (however often it occurs): ``l / penalty`` if ``l > 0`` else ``l * penalty``."""
+    if penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
+    if penalty == 1.0:
+        return logits
+    seen = logits.gather(-1, idx)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(-1, idx, seen)
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
     """Extend ``idx`` ``(B, T)`` by ``max_new_tokens`` sampled tokens; returns ``(B, T + max_new_tokens)``.
 
     With ``use_cache`` the keys and values of earlier positions are kept (a :class:`KVCache`), so each
     step feeds the model one token instead of the whole context. When the context would exceed the
     model's ``block_size``, it is cropped to the last ``block_size`` tokens (and the cache rebuilt).
+    ``repetition_penalty`` applies to every token of the (cropped) context, prompt included.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if idx.dim() != 2 or idx.dtype != torch.long:
+        raise ValueError(f"idx must be a (B, T) tensor of int64 token ids, got {tuple(idx.shape)} {idx.dtype}")
     was_training = model.training
     model.eval()
     block_size = model.config.block_size
@@ -58,7 +81,7 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, tem
             context = idx[:, -block_size:]
             cache = KVCache(model.config.n_layer) if use_cache else None
             logits, _ = model(context, cache=cache)
-        logits = logits[:, -1, :]
+        logits = apply_repetition_penalty(logits[:, -1, :].float(), idx[:, -block_size:], repetition_penalty)
         if temperature == 0:
             next_id = logits.argmax(dim=-1, keepdim=True)
         else:

@@ -1,27 +1,59 @@
 """The training loop: predict, measure the error, update — with the care a real run needs.
 
-AdamW with weight decay on 2-D weights only (matmuls and embeddings; biases and LayerNorm gains are
-not decayed), a learning rate with linear warmup from step 0 then cosine decay to ``min_lr``,
-gradient clipping, periodic evaluation on held-out data, a progress bar, and atomic checkpoints
-that a run interrupted at any point resumes from exactly (model, optimizer, step, data order).
+* AdamW with weight decay on 2-D weights only (matmuls and embeddings; biases and LayerNorm gains
+  are not decayed), using PyTorch's fused CUDA kernel on a GPU;
+* a learning rate with linear warmup from step 0 then cosine decay to ``min_lr``;
+* gradient clipping on the global norm, and gradient accumulation over micro-batches;
+* mixed precision: bf16 autocast where the GPU supports it, else fp16 with a gradient scaler (a
+  Colab T4), full fp32 on CPU and MPS unless asked otherwise;
+* ``torch.compile`` as an option; attention always goes through
+  ``torch.nn.functional.scaled_dot_product_attention`` (the fused kernels, see ``attention.py``);
+* periodic evaluation on held-out data, tokens/s and model FLOPs utilisation (MFU);
+* atomic checkpoints that a run interrupted at any point resumes from exactly (model, optimizer,
+  scaler, step, data order, dropout's random state): the resumed run's losses equal those of a run
+  that was never interrupted;
+* several GPUs (or CPU processes) with DistributedDataParallel under ``torchrun``.
+
+Data order: every optimisation step draws ``batch_size * grad_accum_steps * world_size`` windows
+from one seeded generator, and each process trains on its own slice of them. So two processes
+with batch 8, one process accumulating 2 micro-batches of 8, and one process with batch 16 see
+the same 16 windows per step and compute the same update (up to float rounding; tested).
+
+Command line (``python -m gptcourse.train --help``)::
+
+    python -m gptcourse.train --preset shakespeare-char            # size follows the hardware
+    python -m gptcourse.train --preset shakespeare-char --size cpu --max-steps 500
+    torchrun --nproc_per_node=2 -m gptcourse.train --preset shakespeare-char
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
 import os
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from gptcourse.data import get_batch
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass
 class TrainConfig:
-    """How to train: steps, batch, optimiser, schedule, evaluation and checkpoints."""
+    """How to train: steps, batch, optimiser, schedule, precision, evaluation and checkpoints.
+
+    ``batch_size`` is the micro-batch of one process; one optimisation step sees
+    ``batch_size * grad_accum_steps * world_size`` sequences.
+    """
 
     max_steps: int = 1000
     batch_size: int = 32
@@ -37,11 +69,15 @@ class TrainConfig:
     checkpoint_path: str | None = None  # save here every eval_interval steps, and resume from it
     seed: int = 1337
     progress: bool = True
+    grad_accum_steps: int = 1  # micro-batches whose gradients are summed before one update
+    precision: str = "auto"  # "auto": bf16 on CUDA if supported, else fp16 (+ scaler); fp32 elsewhere
+    compile: bool = False  # torch.compile the model (minutes of compilation pay off on long GPU runs)
+    stop_val_loss: float | None = None  # stop at the first evaluation whose val loss is <= this
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "eval_interval", "eval_iters"):
+        for name in ("max_steps", "batch_size", "eval_interval", "eval_iters", "grad_accum_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
@@ -51,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_lr must be in [0, lr], got {self.min_lr!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("TrainConfig.weight_decay and TrainConfig.grad_clip must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
@@ -62,17 +100,78 @@ class History:
     eval_steps: list[int] = field(default_factory=list)
     eval_train_loss: list[float] = field(default_factory=list)
     eval_val_loss: list[float] = field(default_factory=list)
+    elapsed: list[float] = field(default_factory=list)  # wall seconds since the start, per evaluation
+    tokens_per_s: list[float] = field(default_factory=list)  # training throughput since the last evaluation
+    mfu: list[float | None] = field(default_factory=list)  # model FLOPs utilisation (None: peak unknown)
+
+
+# Dense (no sparsity) peak tensor-core throughput from NVIDIA's datasheets, in FLOP/s, for the
+# precision used in training. H100 SXM: 989 TFLOPS bf16/fp16 (H100 datasheet; the PCIe card is
+# 756); H200: 989 (same GH100 compute); A100: 312 bf16/fp16 (A100 datasheet); L4: 121 bf16
+# (242 with sparsity); A10G / A10: 125 bf16 (A10 datasheet); T4: 65 fp16 (T4 datasheet);
+# V100: 125 fp16 (V100 SXM2 datasheet). fp32 runs use the matching non-tensor-core figures.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H100 PCIe": {"half": 756e12, "fp32": 51e12},
+    "H100": {"half": 989e12, "fp32": 67e12},
+    "H200": {"half": 989e12, "fp32": 67e12},
+    "A100": {"half": 312e12, "fp32": 19.5e12},
+    "L4": {"half": 121e12, "fp32": 30.3e12},
+    "A10": {"half": 125e12, "fp32": 31.2e12},
+    "T4": {"half": 65e12, "fp32": 8.1e12},
+    "V100": {"half": 125e12, "fp32": 15.7e12},
+}
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """The datasheet peak FLOP/s of a GPU named like ``torch.cuda.get_device_name()`` (e.g.
+    ``"NVIDIA H100 80GB HBM3"``) at ``precision`` (``"bf16"``, ``"fp16"`` or ``"fp32"``);
+    ``None`` when the device is not in :data:`PEAK_FLOPS` (CPUs, Apple GPUs)."""
+    kind = "fp32" if precision == "fp32" else "half"
+    for name, peaks in PEAK_FLOPS.items():  # "H100 PCIe" is listed before "H100" on purpose
+        if all(part in device_name for part in name.split()):
+            return peaks[kind]
+    return None
+
+
+def flops_per_token(model: torch.nn.Module) -> float:
+    """Training FLOPs per token: ``6 N`` for the matmuls of the ``N`` parameters (forward 2N,
+    backward 4N) plus ``12 L T C`` for attention's scores and weighted sums (PaLM, appendix B)."""
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``"auto"`` becomes ``"bf16"`` on a GPU that supports it, ``"fp16"`` on an older GPU (T4,
+    V100) and ``"fp32"`` on CPU and MPS; an explicit choice is kept."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast_context(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for ``precision`` (a null context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                        betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW where only parameters with 2 or more dimensions (weights, embeddings) are decayed."""
+                        betas: tuple[float, float] = (0.9, 0.95), device: str = "cpu") -> torch.optim.AdamW:
+    """AdamW where only parameters with 2 or more dimensions (weights, embeddings) are decayed.
+    On CUDA the fused implementation (one kernel for all parameters) is used."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    fused = torch.device(device).type == "cuda"
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -88,17 +187,59 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, iters: int,
-                  device: str = "cpu", seed: int = 0) -> float:
+                  device: str = "cpu", seed: int = 0,
+                  autocast: contextlib.AbstractContextManager | None = None) -> float:
     """Mean loss over ``iters`` random batches; the same batches every call (a fixed ``seed``),
     so that two evaluations differ only because the model did."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     block_size = model.config.block_size
-    losses = [model(*get_batch(data, block_size, batch_size, device, generator))[1].item()
-              for _ in range(iters)]
+    losses = []
+    for _ in range(iters):
+        x, y = get_batch(data, block_size, batch_size, device, generator)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            losses.append(model(x, y)[1].item())
     model.train(was_training)
     return sum(losses) / len(losses)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               accum_steps: int = 1, grad_clip: float = 0.0,
+               autocast: contextlib.AbstractContextManager | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> float:
+    """One optimisation step on the batch ``x, y`` ``(B, T)`` split into ``accum_steps`` micro-batches.
+
+    Each micro-batch's loss is divided by ``accum_steps`` before ``backward``, so the summed
+    gradient is the gradient of the mean loss over the whole batch (what one big batch would give,
+    with 1/accum_steps of the activation memory). Then the global gradient norm is clipped to
+    ``grad_clip`` (0: no clipping) and the optimiser steps. Returns the mean loss of the batch.
+    Under DistributedDataParallel the gradient all-reduce runs only after the last micro-batch.
+    """
+    if x.size(0) % accum_steps:
+        raise ValueError(f"batch of {x.size(0)} sequences does not split into {accum_steps} micro-batches")
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for i, (xm, ym) in enumerate(zip(x.chunk(accum_steps), y.chunk(accum_steps))):
+        last = i == accum_steps - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast:
+                _, loss = model(xm, ym)
+            loss = loss / accum_steps
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += loss.detach()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return float(total)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -116,55 +257,246 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tensor,
-          config: TrainConfig, device: str = "cpu") -> History:
+          config: TrainConfig, device: str = "cpu", stop_after: int | None = None,
+          callback: Callable[[int, History], None] | None = None) -> History:
     """Train ``model`` on random windows of ``train_data`` for ``config.max_steps`` steps.
 
     If ``config.checkpoint_path`` names an existing checkpoint, training resumes from it (and
-    produces the same losses as a run that was never interrupted). Returns the :class:`History`.
+    produces the same losses as a run that was never interrupted). ``stop_after`` ends the run
+    after that many steps (the schedule still runs to ``max_steps``: call again to continue).
+    ``callback(step, history)`` runs after every step. Inside a ``torch.distributed`` process
+    group the model is wrapped in DistributedDataParallel and each process trains on its slice of
+    every batch; all processes return the same history. Returns the :class:`History`.
     """
+    rank, world = _distributed()
+    precision = resolve_precision(config.precision, device)
+    if precision == "bf16" and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16; use precision='fp16' (or 'auto')")
     model.to(device)
     model.train()
-    optimizer = configure_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2))
+    raw_model = model
+    optimizer = configure_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2), device)
+    scaler = torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
+    autocast = autocast_context(device, precision)
     batches = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed + rank)  # dropout masks: reproducible, different per process
     history, step = History(), 0
     ckpt = config.checkpoint_path
     if ckpt is not None and os.path.exists(ckpt):
         state = load_checkpoint(ckpt)
-        if state["model_config"] != model.config.to_dict():
+        if state["model_config"] != raw_model.config.to_dict():
             raise ValueError(f"checkpoint {ckpt} was saved from a different model configuration: "
                              f"{state['model_config']}; delete it or train that model")
-        model.load_state_dict(state["model"])
+        raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         batches.set_state(state["batches"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"][rank])
         history, step = History(**state["history"]), state["step"]
-    bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress, desc="training")
-    block_size = model.config.block_size
-    while step < config.max_steps:
+    if config.compile:
+        model = torch.compile(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = torch.device(device).type == "cuda"
+        model = DistributedDataParallel(model, device_ids=[torch.device(device)] if on_gpu else None)
+    peak = peak_flops(torch.cuda.get_device_name(device), precision) if torch.device(device).type == "cuda" else None
+    model_flops = flops_per_token(raw_model)
+    tokens_per_step = config.batch_size * config.grad_accum_steps * world * raw_model.config.block_size
+    eval_model = model.module if world > 1 else model  # evaluation needs no gradient sync
+    bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress or rank != 0, desc="training")
+    block_size = raw_model.config.block_size
+    per_process = config.batch_size * config.grad_accum_steps
+    start = time.perf_counter() - (history.elapsed[-1] if history.elapsed else 0.0)
+    window_start, window_steps = time.perf_counter(), 0
+    end = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
+    while step < end:
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(train_data, block_size, config.batch_size, device, batches)
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        x, y = get_batch(train_data, block_size, per_process * world, "cpu", batches)
+        x, y = x[rank * per_process:(rank + 1) * per_process], y[rank * per_process:(rank + 1) * per_process]
+        if torch.device(device).type == "cuda":  # pinned memory lets the copy overlap with compute
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = train_step(model, optimizer, x, y, config.grad_accum_steps, config.grad_clip, autocast, scaler)
+        if world > 1:  # report the loss of the whole step, the same number on every process
+            loss_t = torch.tensor(loss, device=device)
+            dist.all_reduce(loss_t)
+            loss = loss_t.item() / world
         step += 1
-        history.train_loss.append(loss.item())
+        window_steps += 1
+        history.train_loss.append(loss)
         history.lr.append(lr)
         bar.update(1)
         if step % config.eval_interval == 0 or step == config.max_steps:
+            seconds = time.perf_counter() - window_start
+            tokens_per_s = window_steps * tokens_per_step / seconds
+            history.tokens_per_s.append(tokens_per_s)
+            history.mfu.append(None if peak is None else
+                               tokens_per_s * model_flops / (peak * world))
             history.eval_steps.append(step)
-            history.eval_train_loss.append(estimate_loss(model, train_data, config.batch_size, config.eval_iters, device))
-            history.eval_val_loss.append(estimate_loss(model, val_data, config.batch_size, config.eval_iters, device))
+            history.eval_train_loss.append(estimate_loss(eval_model, train_data, config.batch_size,
+                                                         config.eval_iters, device, autocast=autocast))
+            history.eval_val_loss.append(estimate_loss(eval_model, val_data, config.batch_size,
+                                                       config.eval_iters, device, autocast=autocast))
+            history.elapsed.append(time.perf_counter() - start)
             bar.set_postfix(train=f"{history.eval_train_loss[-1]:.3f}", val=f"{history.eval_val_loss[-1]:.3f}")
             if ckpt is not None:
-                save_checkpoint(ckpt, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "batches": batches.get_state(), "history": asdict(history), "step": step,
-                    "model_config": model.config.to_dict(), "train_config": asdict(config),
-                })
+                rng = torch.get_rng_state()
+                if world > 1:
+                    rng_all = [None] * world
+                    dist.all_gather_object(rng_all, rng)
+                    rng = rng_all
+                else:
+                    rng = [rng]
+                if rank == 0:
+                    save_checkpoint(ckpt, {
+                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "batches": batches.get_state(), "rng": rng, "history": asdict(history),
+                        "step": step, "model_config": raw_model.config.to_dict(), "train_config": asdict(config),
+                    })
+            window_start, window_steps = time.perf_counter(), 0
+            if config.stop_val_loss is not None and history.eval_val_loss[-1] <= config.stop_val_loss:
+                break
+        if callback is not None:
+            callback(step, history)
     bar.close()
     return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets and the command line
+
+
+def preset(name: str, size: str) -> tuple[dict, dict]:
+    """``(GPTConfig kwargs, TrainConfig kwargs)`` of preset ``name`` at ``size`` (smoke/cpu/gpu).
+
+    ``shakespeare-char``: characters of Tiny Shakespeare. Its gpu size is nanoGPT's char config
+    (6 layers, 6 heads, 384 wide, block 256, batch 64, dropout 0.2, lr 1e-3); its cpu size is the
+    recipe of benchmark 2 (val loss <= 1.88 in about two minutes on two cores).
+    ``shakespeare-bpe``: Tiny Shakespeare in GPT-2 tokens (vocabulary padded 50,257 -> 50,304, a
+    multiple of 64, on the GPU).
+    """
+    presets = {
+        "shakespeare-char": {
+            "smoke": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False),
+                      dict(max_steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=15, eval_iters=4)),
+            "cpu": (dict(block_size=64, n_layer=3, n_head=4, n_embd=128, bias=False),
+                    dict(max_steps=1000, batch_size=32, lr=4e-3, min_lr=4e-4, warmup_steps=50, beta2=0.99,
+                         weight_decay=0.1, eval_interval=100, eval_iters=10)),
+            "gpu": (dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
+                    dict(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+                         weight_decay=0.1, eval_interval=250, eval_iters=200)),
+        },
+        "shakespeare-bpe": {
+            "smoke": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False),
+                      dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=10, eval_iters=4)),
+            "cpu": (dict(block_size=64, n_layer=2, n_head=4, n_embd=64, bias=False),
+                    dict(max_steps=150, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=15, beta2=0.99,
+                         eval_interval=50, eval_iters=5)),
+            "gpu": (dict(vocab_size=50304, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
+                    dict(max_steps=2000, batch_size=64, lr=6e-4, min_lr=6e-5, warmup_steps=100, beta2=0.99,
+                         eval_interval=250, eval_iters=100)),
+        },
+    }
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(presets)}")
+    if size not in presets[name]:
+        raise ValueError(f"unknown size {size!r}; sizes: smoke, cpu, gpu")
+    model_kwargs, train_kwargs = presets[name][size]
+    return dict(model_kwargs), dict(train_kwargs)
+
+
+def prepare_data(name: str, text: str | None = None):
+    """``(train ids, val ids, tokenizer)`` for preset ``name`` from Tiny Shakespeare (90/10 split)."""
+    from gptcourse.data import load_text, train_val_split
+    from gptcourse.tokenizers import CharTokenizer, gpt2_encoding
+
+    text = load_text("tinyshakespeare") if text is None else text
+    tokenizer = CharTokenizer(text) if name == "shakespeare-char" else gpt2_encoding("gpt2")
+    ids = tokenizer.encode(text) if name == "shakespeare-char" else tokenizer.encode_ordinary(text)
+    train_ids, val_ids = train_val_split(torch.tensor(ids, dtype=torch.long))
+    return train_ids, val_ids, tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gptcourse.generate import generate
+    from gptcourse.hardware import describe, get_device, get_size
+    from gptcourse.model import GPT, GPTConfig
+
+    parser = argparse.ArgumentParser(prog="python -m gptcourse.train",
+                                     description="Train a GPT on Tiny Shakespeare from a named preset.")
+    parser.add_argument("--preset", default="shakespeare-char", choices=["shakespeare-char", "shakespeare-bpe"])
+    parser.add_argument("--size", choices=["smoke", "cpu", "gpu"], help="default: $GPTCOURSE_SIZE, else by hardware")
+    parser.add_argument("--device", help="default: cuda, then mps, then cpu")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--grad-accum-steps", type=int)
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--checkpoint", help="checkpoint file: saved at every evaluation, resumed from if present")
+    parser.add_argument("--stop-val-loss", type=float)
+    parser.add_argument("--sample-tokens", type=int, default=200, help="tokens to generate at the end")
+    args = parser.parse_args(argv)
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = args.device or get_device()
+    if distributed:
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if torch.device(device).type == "cuda":
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank, world = _distributed()
+    size = args.size or get_size()
+    model_kwargs, train_kwargs = preset(args.preset, size)
+    overrides = {"max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
+                 "grad_accum_steps": args.grad_accum_steps, "precision": args.precision,
+                 "checkpoint_path": args.checkpoint, "stop_val_loss": args.stop_val_loss}
+    train_kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if args.compile:
+        train_kwargs["compile"] = True
+    train_kwargs["progress"] = sys.stderr.isatty() or rank == 0
+    train_ids, val_ids, tokenizer = prepare_data(args.preset)
+    vocab = tokenizer.vocab_size if args.preset == "shakespeare-char" else tokenizer.n_vocab
+    model_kwargs.setdefault("vocab_size", vocab)
+    model = GPT(GPTConfig(**model_kwargs))
+    config = TrainConfig(**train_kwargs)
+    if rank == 0:
+        print(describe())
+        print(f"preset {args.preset} | size {size} | device {device} | {world} process(es) | "
+              f"{model.num_params() / 1e6:.2f}M parameters | precision {resolve_precision(config.precision, device)}")
+        if model_kwargs["vocab_size"] != vocab:
+            print(f"vocabulary: {vocab} real tokens, padded to {model_kwargs['vocab_size']}")
+    history = train(model, train_ids, val_ids, config, device)
+    if rank == 0:
+        print("step  train   val    elapsed  tokens/s   MFU")
+        for i, s in enumerate(history.eval_steps):
+            mfu = history.mfu[i]
+            print(f"{s:>5} {history.eval_train_loss[i]:.4f} {history.eval_val_loss[i]:.4f} "
+                  f"{history.elapsed[i]:7.1f}s {history.tokens_per_s[i]:9.0f} "
+                  f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}")
+        if args.sample_tokens > 0:
+            start = torch.tensor([tokenizer.encode("\n")], dtype=torch.long, device=device)
+            out = generate(model, start, args.sample_tokens, temperature=0.8, top_k=200)[0].tolist()
+            print(tokenizer.decode(out))
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,7 +26,10 @@ class GradingError(AssertionError):
 
 
 def exercise(exercise_id: str) -> Callable[[Callable[..., Any]], Callable[..., None]]:
-    """Decorate a check: record its outcome under ``exercise_id`` and print a pass line."""
+    """Decorate a check: record its outcome under ``exercise_id`` and print a clear verdict.
+
+    A pass prints ``PASSED <id>``. A failure prints ``FAILED <id>: <what was wrong>`` with a hint,
+    then re-raises, so the cell shows an error (which is how graders and tests see it)."""
 
     def decorate(check: Callable[..., Any]) -> Callable[..., None]:
         @functools.wraps(check)
@@ -35,9 +38,18 @@ def exercise(exercise_id: str) -> Callable[[Callable[..., Any]], Callable[..., N
                 check(*args, **kwargs)
             except NotImplementedError:
                 RESULTS[exercise_id] = "not implemented"
+                print(f"NOT DONE {exercise_id}: the function still raises NotImplementedError.\n"
+                      f"Hint: replace `raise NotImplementedError()` with your code, run that cell, then this one.")
                 raise
             except GradingError as err:
                 RESULTS[exercise_id] = f"failed: {err}"
+                hint = "" if "Hint:" in str(err) else "\nHint: re-read the exercise's description; the message says which value is wrong."
+                print(f"FAILED {exercise_id}: {err}{hint}")
+                raise
+            except Exception as err:  # the learner's code crashed inside the check
+                RESULTS[exercise_id] = f"error: {type(err).__name__}: {err}"
+                print(f"FAILED {exercise_id}: your code raised {type(err).__name__}: {err}\n"
+                      f"Hint: the traceback below ends at the line that raised it.")
                 raise
             RESULTS[exercise_id] = "passed"
             print(f"PASSED {exercise_id}")
@@ -49,15 +61,19 @@ def exercise(exercise_id: str) -> Callable[[Callable[..., Any]], Callable[..., N
 
 
 def check_all() -> None:
-    """Print which exercises of this session passed, failed or were not attempted."""
+    """Summarise this session's graded cells: which passed, failed or are not done yet."""
     if not RESULTS:
-        print("no graded cell has run yet")
+        print("No graded cell has run yet: run the notebook from the top (Run all).")
         return
     width = max(map(len, RESULTS))
+    marks = {"passed": "PASSED", "not implemented": "NOT DONE"}
     for exercise_id, outcome in RESULTS.items():
-        print(f"{exercise_id:<{width}}  {outcome.splitlines()[0]}")
+        mark = marks.get(outcome, "FAILED")
+        detail = "" if outcome in marks else "  " + outcome.split(": ", 1)[-1].splitlines()[0]
+        print(f"{mark:<8}  {exercise_id:<{width}}{detail}")
     passed = sum(outcome == "passed" for outcome in RESULTS.values())
-    print(f"{passed} of {len(RESULTS)} exercises passed")
+    print(f"{passed} of {len(RESULTS)} exercises passed" + (" -- well done!" if passed == len(RESULTS) else
+          ". Scroll up to a FAILED cell: its message says what was wrong."))
 
 
 def fail(message: str, hint: str | None = None) -> None:

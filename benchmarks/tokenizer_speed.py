@@ -1,0 +1,57 @@
+"""Python BPE vs tiktoken: the same GPT-2 merges, the same ids, how much slower is the Python loop?
+
+    python benchmarks/tokenizer_speed.py [--chars 200000] [--repeats 3]
+
+Encodes the first ``--chars`` characters of Tiny Shakespeare with
+``BPETokenizer.from_tiktoken("gpt2")`` (the course's merge loop, pure Python) and with tiktoken's
+``encode`` (Rust), checks that both give the same ids, and prints the best-of-``--repeats`` times
+and their ratio. tiktoken runs single-threaded here (``encode``, not ``encode_batch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from gptcourse.data import load_text
+from gptcourse.tokenizers import BPETokenizer, gpt2_encoding
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chars", type=int, default=200_000, help="characters of Tiny Shakespeare to encode")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per tokenizer; the best is kept")
+    args = parser.parse_args()
+
+    text = load_text("tinyshakespeare")[: args.chars]
+    enc = gpt2_encoding("gpt2")
+    start = time.perf_counter()
+    ours = BPETokenizer.from_tiktoken("gpt2")
+    recover = time.perf_counter() - start
+
+    ids = enc.encode(text)
+    if ours.encode(text) != ids:
+        raise SystemExit("the Python BPE and tiktoken disagree: the benchmark would compare different work")
+    t_python = best_time(lambda: ours.encode(text), args.repeats)
+    t_tiktoken = best_time(lambda: enc.encode(text), args.repeats)
+
+    mb = len(text.encode("utf-8")) / 1e6
+    print(f"text: {len(text):,} characters, {len(ids):,} GPT-2 tokens (identical ids from both)")
+    print(f"recovering GPT-2's 50,000 merges from tiktoken's ranks: {recover:.2f} s")
+    print(f"{'tokenizer':<22}{'seconds':>10}{'MB/s':>10}{'tokens/s':>14}")
+    for name, t in (("Python BPE (course)", t_python), ("tiktoken (Rust)", t_tiktoken)):
+        print(f"{name:<22}{t:>10.4f}{mb / t:>10.2f}{len(ids) / t:>14,.0f}")
+    print(f"ratio: the Python merge loop is {t_python / t_tiktoken:.0f}x slower than tiktoken")
+
+
+if __name__ == "__main__":
+    main()

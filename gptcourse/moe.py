@@ -1,0 +1,164 @@
+"""Mixture of Experts: a router sends each token to ``k`` of ``n_expert`` MLPs.
+
+The pieces, in the order a token meets them:
+
+* :class:`Router` scores every expert for every token (a linear layer, ``C -> n_expert``);
+* :func:`top_k_gates` keeps the ``k`` best experts and renormalises their probabilities into gates
+  that sum to 1 (with ``k = 1`` the gate stays the raw probability, as in the Switch Transformer,
+  otherwise it would always be 1 and the router would get no gradient from the language-model loss);
+* :func:`capacity_keep` drops the assignments that overflow an expert's capacity
+  ``ceil(capacity_factor * k * N / n_expert)`` (first choices before second choices, then token
+  order); a dropped token skips the layer and is carried by the residual stream alone;
+* :func:`load_balancing_loss` is the Switch Transformer's auxiliary loss ``alpha * E * sum_i f_i P_i``
+  (``f_i`` the fraction of assignments routed to expert ``i``, ``P_i`` its mean router
+  probability); it equals ``alpha`` when routing is perfectly uniform and grows when it is not.
+
+:class:`MoE` puts them together and runs each expert only on its own tokens;
+:func:`moe_dense_reference` runs every token through every expert and weights the outputs by the
+gates (zero for unselected experts): the two agree (tested), the first does ``k / n_expert`` of
+the work. Shapes: ``N`` tokens (``B * T`` flattened), ``C`` model width, ``E`` experts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from gptcourse.model import GPTConfig
+
+
+class Router(nn.Module):
+    """Scores each expert for each token: ``(N, C) -> (N, E)`` logits, a linear map without bias."""
+
+    def __init__(self, n_embd: int, n_expert: int):
+        super().__init__()
+        self.w_g = nn.Linear(n_embd, n_expert, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_g(x)
+
+
+def top_k_gates(logits: torch.Tensor, k: int, renormalize: bool | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Route each token to its ``k`` highest-scoring experts.
+
+    ``logits`` is ``(N, E)``. Returns ``gates (N, k)``, ``experts (N, k)`` (indices, best first)
+    and ``probs (N, E)`` (the softmax over all experts, which the balancing loss needs).
+    ``renormalize`` (default: ``k > 1``) divides the kept probabilities by their sum.
+    """
+    if not 1 <= k <= logits.size(-1):
+        raise ValueError(f"k must be in [1, {logits.size(-1)}] (the number of experts), got {k}")
+    renormalize = k > 1 if renormalize is None else renormalize
+    probs = torch.softmax(logits, dim=-1)
+    gates, experts = probs.topk(k, dim=-1)
+    if renormalize:
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+    return gates, experts, probs
+
+
+def expert_capacity(n_tokens: int, n_expert: int, k: int, capacity_factor: float) -> int:
+    """How many assignments one expert accepts: ``ceil(capacity_factor * k * n_tokens / n_expert)``."""
+    return math.ceil(capacity_factor * k * n_tokens / n_expert)
+
+
+def capacity_keep(experts: torch.Tensor, n_expert: int, capacity: int) -> torch.Tensor:
+    """Boolean ``(N, k)``: which assignments fit in their expert's ``capacity``.
+
+    Assignments are served by priority: every token's first choice (in token order), then every
+    second choice, and so on; an expert that is full drops the rest.
+    """
+    N, k = experts.shape
+    order = experts.t().reshape(-1)  # (k * N,) first choices of all tokens, then second choices, ...
+    onehot = F.one_hot(order, n_expert)  # (k * N, E)
+    # how many earlier assignments went to the same expert
+    rank = (onehot.cumsum(dim=0) - 1).gather(1, order[:, None]).squeeze(1)
+    return (rank < capacity).view(k, N).t()
+
+
+def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+    """The Switch Transformer's auxiliary loss ``alpha * E * sum_i f_i * P_i``.
+
+    ``probs`` is ``(N, E)`` router probabilities, ``experts`` the ``(N, k)`` chosen experts.
+    ``f_i`` is the fraction of the ``N * k`` assignments that went to expert ``i`` (counted before
+    capacity drops; not differentiable), ``P_i = mean_n probs[n, i]`` (differentiable: the gradient
+    pushes probability away from overloaded experts). Uniform routing gives exactly ``alpha``.
+    """
+    n_expert = probs.size(-1)
+    f = torch.bincount(experts.reshape(-1), minlength=n_expert).to(probs.dtype) / experts.numel()
+    P = probs.mean(dim=0)
+    return (f * P).sum() * n_expert * alpha
+
+
+class MoE(nn.Module):
+    """A mixture-of-experts feed-forward layer: ``(B, T, C) -> (B, T, C)``.
+
+    The experts are the block's MLP (``C -> 4C -> GELU -> C``), ``config.n_expert`` of them; each
+    token goes to ``config.expert_top_k`` of them. After every forward pass the layer holds:
+    ``aux_loss`` (the load-balancing loss of that pass), ``tokens_per_expert`` (``(E,)``
+    assignments before drops) and ``dropped`` (assignments over capacity).
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        from gptcourse.model import MLP  # here, not at the top: model.py imports this module
+
+        self.n_expert, self.top_k = config.n_expert, config.expert_top_k
+        self.capacity_factor, self.alpha = config.capacity_factor, config.moe_aux_weight
+        self.router = Router(config.n_embd, config.n_expert)
+        self.experts = nn.ModuleList([MLP(config) for _ in range(config.n_expert)])
+        self.aux_loss: torch.Tensor | None = None
+        self.tokens_per_expert: torch.Tensor | None = None
+        self.dropped = 0
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` is ``(N, C)``; returns ``gates (N, k)``, ``experts (N, k)``, ``keep (N, k)``, ``probs (N, E)``."""
+        gates, experts, probs = top_k_gates(self.router(x), self.top_k)
+        if self.capacity_factor is None:
+            keep = torch.ones_like(experts, dtype=torch.bool)
+        else:
+            capacity = expert_capacity(x.size(0), self.n_expert, self.top_k, self.capacity_factor)
+            keep = capacity_keep(experts, self.n_expert, capacity)
+        return gates, experts, keep, probs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        flat = x.reshape(B * T, C)
+        gates, experts, keep, probs = self.route(flat)
+        self.aux_loss = load_balancing_loss(probs, experts, self.alpha)
+        self.tokens_per_expert = torch.bincount(experts.reshape(-1), minlength=self.n_expert).detach()
+        self.dropped = int((~keep).sum())
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.nonzero((experts == e) & keep, as_tuple=True)
+            if token.numel():
+                # each expert computes only the tokens routed to it
+                out.index_add_(0, token, gates[token, slot, None] * expert(flat[token]))
+        return out.view(B, T, C)
+
+
+def moe_dense_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """What :class:`MoE` computes, the slow obvious way: every token through every expert, the
+    outputs weighted by a ``(N, E)`` gate matrix that is zero for unselected (or dropped) experts."""
+    B, T, C = x.shape
+    flat = x.reshape(B * T, C)
+    gates, experts, keep, _ = moe.route(flat)
+    weights = torch.zeros(B * T, moe.n_expert, dtype=x.dtype, device=x.device)
+    weights.scatter_add_(1, experts, gates * keep)
+    outputs = torch.stack([expert(flat) for expert in moe.experts], dim=1)  # (N, E, C)
+    return (weights[:, :, None] * outputs).sum(dim=1).view(B, T, C)
+
+
+def active_params(model: nn.Module) -> int:
+    """Parameters one token uses: all of them, minus the experts a token does not visit
+    (``n_expert - top_k`` experts in every MoE layer). Equals ``num_params`` for a dense model."""
+    total = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        if isinstance(module, MoE):
+            per_expert = sum(p.numel() for p in module.experts[0].parameters())
+            total -= (module.n_expert - module.top_k) * per_expert
+    return total
