@@ -40,7 +40,14 @@ def main() -> None:
     torch.manual_seed(1337)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **model_kw))
     config = TrainConfig(**train_kw, stop_val_loss=args.target, progress=False)
-    history = train(model, train_ids, val_ids, config, "cpu")
+    seen = [0]
+
+    def report(step, history) -> None:  # one line per evaluation, as it happens
+        if len(history.eval_steps) > seen[0]:
+            seen[0] = len(history.eval_steps)
+            print(f"  step {step}: val {history.eval_val_loss[-1]:.4f} at {history.elapsed[-1]:.1f} s", flush=True)
+
+    history = train(model, train_ids, val_ids, config, "cpu", callback=report)
     total = time.perf_counter() - t0
     reached = history.eval_val_loss[-1] <= args.target
     print(f"model: {model_kw} | {model.num_params() / 1e6:.2f}M parameters | {args.threads} threads | "

@@ -8,8 +8,9 @@ A student's notebook is trusted for its exercise code only. For each notebook th
    the cell it follows in the solution, and any other cell tagged ``grade`` is dropped;
 2. runs the result in its own kernel, in a fresh temporary folder with its own ``HOME`` and
    ``IPYTHONDIR`` (nothing a notebook writes there reaches the next one), one cell at a time with
-   a per-cell timeout: an infinite loop is interrupted and reported, a kernel killed by
-   ``sys.exit``/``os._exit`` is reported, and grading goes on;
+   a per-cell timeout: an infinite loop is interrupted and reported (a loop that ignores the
+   interrupt ends the notebook's run), ``sys.exit`` fails only its cell, a kernel killed by
+   ``os._exit`` is reported, and grading goes on;
 3. runs each canonical graded cell through a wrapper that imports ``gptcourse.grading`` afresh from
    disk (a check the notebook redefined or monkeypatched is not the one that runs), verifies that
    the course's code and torch were not patched (:mod:`gptcourse.grading.integrity`), and prints a
@@ -20,8 +21,8 @@ A student's notebook is trusted for its exercise code only. For each notebook th
 
 Solutions and the ``gptcourse`` package are read into memory before any student code runs. Each
 kernel imports ``gptcourse`` from its own copy of that package, whose files every graded cell
-checks against the hashes the grader took, so a notebook that rewrites the course's code (or the
-solutions) changes nothing that is graded. A notebook that adds a ``*.pth`` start-up file (code
+checks against the hashes the grader took: a notebook that rewrites the course's code scores 0
+(tampered), and one that rewrites the solutions changes nothing. A notebook that adds a ``*.pth`` start-up file (code
 that every later kernel would run) scores 0 and stops the run. The grader itself never deletes or
 rewrites a file. Code in a kernel can always rewrite the interpreter itself; for submissions you do
 not trust, also run the command as a throwaway user or in a container.
@@ -140,10 +141,6 @@ class Solution:
         ids = [e.exercise for e in self.exercises]
         if len(set(ids)) != len(ids):
             raise ValueError(f"{path}: an exercise id appears twice")
-
-    @property
-    def max_points(self) -> float:
-        return sum(e.points for e in self.exercises)
 
 
 def load_solutions(solutions_dir: Path) -> dict[str, Solution]:

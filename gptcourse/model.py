@@ -46,6 +46,7 @@ class GPTConfig:
     ffn: str = "mlp"
     n_expert: int = 8  # used when ffn == "moe"
     expert_top_k: int = 2  # used when ffn == "moe"
+    expert_hidden: int | None = None  # ffn == "moe": inner width of each expert MLP; None = 4 * n_embd
     capacity_factor: float | None = None  # ffn == "moe": None = no limit; else drop tokens over capacity
     moe_aux_weight: float = 0.01  # ffn == "moe": alpha of the load-balancing loss (Switch Transformer)
     attn_window: int = 128  # keys a "local" layer sees (itself included); also "alternating"
@@ -77,6 +78,9 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.capacity_factor must be None or > 0, got {self.capacity_factor!r}")
             if not isinstance(self.moe_aux_weight, (int, float)) or self.moe_aux_weight < 0:
                 raise ValueError(f"GPTConfig.moe_aux_weight must be >= 0, got {self.moe_aux_weight!r}")
+            if self.expert_hidden is not None and (not isinstance(self.expert_hidden, int)
+                                                   or isinstance(self.expert_hidden, bool) or self.expert_hidden < 1):
+                raise ValueError(f"GPTConfig.expert_hidden must be None or a positive integer, got {self.expert_hidden!r}")
         if self.attention != "dense":
             for name in ("attn_window", "attn_stride"):
                 value = getattr(self, name)
@@ -110,12 +114,16 @@ def sinusoidal_positions(T: int, C: int) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: ``C -> 4C -> GELU (tanh approximation) -> C``."""
+    """The position-wise feed-forward network: ``C -> 4C -> GELU (tanh approximation) -> C``.
 
-    def __init__(self, config: GPTConfig):
+    ``hidden`` overrides the inner width ``4C`` (mixture-of-experts layers use it for narrower experts).
+    """
+
+    def __init__(self, config: GPTConfig, hidden: int | None = None):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = 4 * config.n_embd if hidden is None else hidden
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

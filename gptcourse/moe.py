@@ -97,8 +97,8 @@ def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, alpha: float
 class MoE(nn.Module):
     """A mixture-of-experts feed-forward layer: ``(B, T, C) -> (B, T, C)``.
 
-    The experts are the block's MLP (``C -> 4C -> GELU -> C``), ``config.n_expert`` of them; each
-    token goes to ``config.expert_top_k`` of them. After every forward pass the layer holds:
+    The experts are the block's MLP (``C -> 4C -> GELU -> C``, or ``C -> config.expert_hidden -> C``
+    for finer experts), ``config.n_expert`` of them; each token goes to ``config.expert_top_k`` of them. After every forward pass the layer holds:
     ``aux_loss`` (the load-balancing loss of that pass), ``tokens_per_expert`` (``(E,)``
     assignments before drops) and ``dropped`` (assignments over capacity).
     """
@@ -110,7 +110,7 @@ class MoE(nn.Module):
         self.n_expert, self.top_k = config.n_expert, config.expert_top_k
         self.capacity_factor, self.alpha = config.capacity_factor, config.moe_aux_weight
         self.router = Router(config.n_embd, config.n_expert)
-        self.experts = nn.ModuleList([MLP(config) for _ in range(config.n_expert)])
+        self.experts = nn.ModuleList([MLP(config, config.expert_hidden) for _ in range(config.n_expert)])
         self.aux_loss: torch.Tensor | None = None
         self.tokens_per_expert: torch.Tensor | None = None
         self.dropped = 0

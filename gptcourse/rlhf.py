@@ -10,7 +10,8 @@
    maximise with PPO's clipped objective.
 
 Everything is offline and character-level: the "instructions" are a handful of string operations
-on random words (``reverse kbd=dbk.``), and the "labeller" is :func:`labeller_score`, a hidden
+on random words (``reverse kbd=dbk.``), some demonstrators are sloppy (their answers trail off into
+filler words, :func:`demonstrations`), and the "labeller" is :func:`labeller_score`, a hidden
 preference (how close a response is to the right answer) that the reward model only sees through
 comparisons, as in the paper. Because the labeller is a function, the course can also measure what
 a real project cannot: the true quality (exact-match accuracy) next to the learned reward.
@@ -48,7 +49,8 @@ INSTRUCTIONS = {
     "last": lambda w: w[-1],
     "length": lambda w: str(len(w)),
 }
-MAX_RESPONSE = 12  # "double abcde" -> "abcde abcde" (11) and the end mark
+FILLERS = ("um", "ok", "so", "well")
+MAX_RESPONSE = 24  # "double abcde" -> "abcde abcde" (11), two filler words (up to 10) and the end mark
 
 
 def tokenizer() -> CharTokenizer:
@@ -66,6 +68,22 @@ def random_words(n: int, seed: int, min_len: int = 3, max_len: int = 5) -> list[
 def instruction_set(words: list[str]) -> list[tuple[str, str]]:
     """``(prompt, response)`` pairs, every instruction on every word: ``("reverse kbd=", "dbk.")``."""
     return [(f"{name} {w}{SEP}", fn(w) + EOS) for w in words for name, fn in INSTRUCTIONS.items()]
+
+
+def demonstrations(words: list[str], sloppy: float = 0.3, seed: int = 0) -> list[tuple[str, str]]:
+    """The instruction set as written by demonstrators of uneven care: with probability ``sloppy`` a
+    response trails off into one or two filler words (``"dbk um ok."``). SFT imitates them all,
+    habits included; the labeller's preferences are what can remove the habit."""
+    if not 0.0 <= sloppy <= 1.0:
+        raise ValueError(f"sloppy must be in [0, 1], got {sloppy}")
+    rng = random.Random(seed)
+    out = []
+    for prompt, response in instruction_set(words):
+        if rng.random() < sloppy:
+            filler = " ".join(rng.choice(FILLERS) for _ in range(rng.randint(1, 2)))
+            response = f"{response.rstrip(EOS)} {filler}{EOS}"
+        out.append((prompt, response))
+    return out
 
 
 def correct_response(prompt: str) -> str:

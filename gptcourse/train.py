@@ -469,7 +469,6 @@ def main(argv: list[str] | None = None) -> int:
     train_kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if args.compile:
         train_kwargs["compile"] = True
-    train_kwargs["progress"] = sys.stderr.isatty() or rank == 0
     train_ids, val_ids, tokenizer = prepare_data(args.preset)
     vocab = tokenizer.vocab_size if args.preset == "shakespeare-char" else tokenizer.n_vocab
     model_kwargs.setdefault("vocab_size", vocab)

@@ -100,8 +100,8 @@ def test_setup_uses_the_gpu_when_there_is_one(monkeypatch):
 
 
 def test_colab_install_cell_runs_pip_only_in_colab(monkeypatch):
-    """Run the install part of a real setup cell, outside Colab and then with a fake ``google.colab``."""
-    source = _tagged(nbformat.read(NOTEBOOKS[0], as_version=4), labs.SETUP_TAG)[0].source
+    """Run the install part of the generator's setup cell, outside Colab and then with a fake ``google.colab``."""
+    source = labs.header_cells("labs/lab01_ngram.ipynb")[1].source
     install = source.split("\nfrom gptcourse.hardware import setup")[0]
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda args, check: calls.append(args))

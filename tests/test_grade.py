@@ -10,6 +10,7 @@ notebook that kills its kernel, loops forever or writes files does not affect th
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 
 import nbformat
@@ -261,3 +262,34 @@ def test_notebook_is_matched_to_its_solution_by_name_or_exercise_ids(tmp_path):
     assert grade.match_solution(tmp_path / "alice.ipynb", lab, solutions) is solutions["lab98_demo"]
     with pytest.raises(ValueError, match="cannot tell which lab"):
         grade.match_solution(tmp_path / "alice.ipynb", nbformat.v4.new_notebook(), solutions)
+
+
+def test_integrity_accepts_the_course_as_it_is_and_names_what_was_patched(monkeypatch):
+    """In-process: every module of the package loads clean, then three kinds of patch are named."""
+    import importlib
+    import pkgutil
+
+    import torch
+
+    import gptcourse
+    import gptcourse.attention
+    from gptcourse.grading import integrity
+
+    for module in pkgutil.walk_packages(gptcourse.__path__, "gptcourse."):
+        importlib.import_module(module.name)
+    package_dir = str(grade.PACKAGE_DIR)
+    hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in grade.read_package().items()}
+    integrity.verify(package_dir, hashes)  # nothing changed: no error
+
+    def fake(*args, **kwargs):
+        return None
+
+    fake.__module__ = "__main__"  # as if written in a notebook
+    monkeypatch.setattr(gptcourse.attention, "attention", fake)
+    monkeypatch.setattr(gptcourse.attention.MultiHeadAttention, "forward", fake)
+    monkeypatch.setattr(torch, "allclose", fake)
+    with pytest.raises(integrity.TamperingError) as err:
+        integrity.verify(package_dir, {**hashes, "gptcourse/attention.py": "0" * 64})
+    for what in ("gptcourse/attention.py was changed on disk", "gptcourse.attention.attention was replaced",
+                 "gptcourse.attention.MultiHeadAttention.forward was replaced", "torch.allclose was replaced"):
+        assert what in str(err.value)

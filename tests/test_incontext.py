@@ -3,6 +3,7 @@ the paper-style prompts driven by a small random GPT on GPT-2's vocabulary (neve
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -104,3 +105,18 @@ def test_complete_runs_offline_with_a_small_random_gpt(gpt2_enc):
     assert gpt2_enc.encode(out)[:1] == [expected] or out.startswith(gpt2_enc.decode([expected]))
     long = complete(model, gpt2_enc, text * 20, max_new_tokens=2)  # cropped to block_size, no error
     assert isinstance(long, str) and "\n" not in long
+
+
+def test_pretrain_lowers_the_loss_and_loss_by_demonstration_reads_output_positions():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=8, block_size=96, n_layer=1, n_head=2, n_embd=16))
+    train, held = split_words()
+    before = incontext.loss_by_demonstration(model, held, n_demos=3, batch_size=16)
+    assert len(before) == 3 and all(abs(v - math.log(8)) < 0.3 for v in before)  # random model: ~uniform
+    losses = incontext.pretrain(model, train, steps=30, batch_size=16, lr=3e-3, warmup_steps=5, progress=False)
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
+    # the output characters of a demonstration: positions whose targets are the 4 output letters
+    x, y = training_batch(held, 1, 2, random.Random(0))
+    L = demo_length()
+    assert tokenizer().decode(y[0, L + 4 : L + 8].tolist()) == tokenizer().decode(x[0, L + 5 : L + 9].tolist())
+    assert tokenizer().decode(x[0, L + 4 : L + 5].tolist()) == ">"

@@ -112,7 +112,7 @@ def test_sparse_moe_gradients_equal_dense_reference():
 
 
 @pytest.mark.parametrize("field,value", [("n_expert", 1), ("expert_top_k", 5), ("capacity_factor", 0.0),
-                                         ("moe_aux_weight", -1.0)])
+                                         ("moe_aux_weight", -1.0), ("expert_hidden", 0)])
 def test_config_rejects_bad_moe_settings(field, value):
     with pytest.raises(ValueError, match=field):
         config(**{field: value})
@@ -159,3 +159,12 @@ def test_active_params_count_top_k_experts_per_layer():
     assert moe.num_params() == dense.num_params() + 2 * (3 * mlp + router)
     assert active_params(moe) == dense.num_params() + 2 * router
     assert active_params(dense) == dense.num_params()
+
+
+def test_narrow_experts_top_2_match_the_dense_active_count():
+    # 8 experts of width 2C, two per token: the same expert parameters per token as one 4C MLP
+    dense, moe = GPT(config(ffn="mlp")), GPT(config(n_expert=8, expert_top_k=2, expert_hidden=32))
+    assert moe.transformer.h[0].mlp.experts[0].c_fc.weight.shape == (32, 16)
+    router = 8 * 16
+    # per layer: the router, and one output bias more (two experts each add their c_proj bias of size C)
+    assert active_params(moe) == dense.num_params() + 2 * (router + 16)

@@ -15,7 +15,7 @@ from gptcourse.model import GPT, GPTConfig
 
 def tiny_gpt(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=rlhf.tokenizer().vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    return GPT(GPTConfig(vocab_size=rlhf.tokenizer().vocab_size, block_size=40, n_layer=1, n_head=2, n_embd=32))
 
 
 def test_instruction_set_and_labeller():
@@ -50,7 +50,7 @@ def test_response_logprobs_match_cross_entropy():
 def test_sft_lowers_the_response_loss_and_sampling_stops_at_the_end_mark():
     model = tiny_gpt()
     pairs = rlhf.instruction_set(rlhf.random_words(10, seed=0))
-    losses = rlhf.sft(model, pairs, steps=30, batch_size=16, lr=3e-3, progress=False)
+    losses = rlhf.sft(model, pairs, steps=60, batch_size=16, lr=3e-3, progress=False)
     assert losses[-1] < 0.7 * losses[0]
     responses = rlhf.sample_responses(model, [p for p, _ in pairs[:12]], temperature=0)
     assert all(len(r) <= rlhf.MAX_RESPONSE and (r.count(".") == 0 or r.endswith(".")) for r in responses)
@@ -107,3 +107,17 @@ def test_dpo_loss_formula():
     torch.testing.assert_close(rlhf.dpo_loss(pc, pr, rc, rr, beta=0.1), expected)
     # at the reference policy the loss is log 2 whatever the data
     assert rlhf.dpo_loss(rc, rr, rc, rr).item() == pytest.approx(math.log(2))
+
+
+def test_sloppy_demonstrations_add_filler_that_the_labeller_dislikes():
+    words = rlhf.random_words(100, seed=0)
+    clean, demos = rlhf.instruction_set(words), rlhf.demonstrations(words, sloppy=0.3, seed=0)
+    assert [p for p, _ in demos] == [p for p, _ in clean]
+    sloppy = [(p, r) for p, r in demos if not rlhf.exact_match(p, r)]
+    assert 0.2 < len(sloppy) / len(demos) < 0.4
+    for p, r in sloppy:
+        assert r.startswith(rlhf.correct_response(p) + " ") and r.endswith(".")
+        assert len(r) <= rlhf.MAX_RESPONSE and rlhf.labeller_score(p, r) < 1.0
+    assert rlhf.demonstrations(words, sloppy=0.0) == clean
+    with pytest.raises(ValueError, match="sloppy"):
+        rlhf.demonstrations(words, sloppy=2.0)
