@@ -3,7 +3,6 @@ resume, MFU bookkeeping, DistributedDataParallel on CPU (gloo, 2 processes) and 
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 
