@@ -81,6 +81,18 @@ def fail(message: str, hint: str | None = None) -> None:
     raise GradingError(message + (f"\nHint: {hint}" if hint else ""))
 
 
+def call_learner(what: str, fn: Callable[..., Any], *args: Any, hint: str | None = None, **kwargs: Any) -> Any:
+    """Call the learner's function ``fn``: a ``NotImplementedError`` (an unsolved exercise) passes
+    through untouched; any other exception becomes a :class:`GradingError` that names ``what`` was
+    called, instead of a traceback into the grader."""
+    try:
+        return fn(*args, **kwargs)
+    except (NotImplementedError, GradingError):
+        raise
+    except Exception as err:
+        fail(f"{what} raised {type(err).__name__}: {err}", hint)
+
+
 def expect_type(name: str, value: Any, expected: type | tuple[type, ...]) -> None:
     if not isinstance(value, expected):
         names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)

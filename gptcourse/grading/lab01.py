@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from gptcourse import ngram
-from gptcourse.grading import GradingError, exercise, expect_close, expect_probabilities, expect_type, fail
+from gptcourse.grading import call_learner, exercise, expect_close, expect_probabilities, expect_type, fail
 
 _ALPHABETS = ("abcd", "abcdefgh", "xy", "ab cd,e")
 
@@ -28,16 +28,6 @@ def _random_tokens(rng: random.Random, length: int) -> tuple[Any, list[Any]]:
         return "".join(rng.choice(alphabet) for _ in range(length)), sorted(alphabet)
     vocab = list(range(rng.randint(2, 9)))
     return [rng.choice(vocab) for _ in range(length)], vocab
-
-
-def _call(what: str, fn: Callable[..., Any], *args: Any, hint: str | None = None) -> Any:
-    """Call the learner's function; NotImplementedError passes through, other errors become a message."""
-    try:
-        return fn(*args)
-    except (NotImplementedError, GradingError):
-        raise
-    except Exception as err:  # the learner's bug, reported in words rather than as a traceback
-        fail(f"{what} raised {type(err).__name__}: {err}", hint)
 
 
 def _context_size(n: int) -> str:
@@ -52,7 +42,7 @@ def check_counts(count_ngrams: Callable[..., Any], trials: int = 30) -> None:
         n = rng.randint(1, 4)
         tokens, _ = _random_tokens(rng, rng.randint(n - 1, 40) if trial else 1)
         what = f"count_ngrams({tokens!r}, n={n})"
-        got = _call(what, count_ngrams, tokens, n)
+        got = call_learner(what, count_ngrams, tokens, n)
         expect_type(what, got, Mapping)
         expected = ngram.count_ngrams(tokens, n)
         for context, following in got.items():
@@ -87,7 +77,7 @@ def check_smoothing(smoothed_probs: Callable[..., Any], trials: int = 30) -> Non
         if trial == 1:
             next_counts, k = {}, 0
         what = f"smoothed_probs({next_counts}, vocab={vocab}, k={k})"
-        got = _call(what, smoothed_probs, dict(next_counts), list(vocab), k)
+        got = call_learner(what, smoothed_probs, dict(next_counts), list(vocab), k)
         expected = ngram.smoothed_probs(next_counts, vocab, k)
         hint = None
         if not next_counts and k == 0:
@@ -132,7 +122,7 @@ def check_perplexity(perplexity: Callable[..., Any], trials: int = 20) -> None:
             return scorer(context, token)
 
         what = f"perplexity({heldout!r}, n={n}, prob)"
-        got = _call(what, perplexity, heldout, n, prob, hint=hint)
+        got = call_learner(what, perplexity, heldout, n, prob, hint=hint)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ngram.ZeroProbabilityWarning)
             expected = ngram.perplexity(heldout, n, scorer)
@@ -179,7 +169,7 @@ def check_sampling(sample: Callable[..., Any]) -> None:
             contexts.append(context)
             return next_probs(context)
 
-        out = _call(what, sample, recorded, vocab, list(prompt), length, n, generator)
+        out = call_learner(what, sample, recorded, vocab, list(prompt), length, n, generator)
         expect_type(what, out, (list, tuple))
         out = list(out)
         if len(out) != len(prompt) + length or out[: len(prompt)] != list(prompt):

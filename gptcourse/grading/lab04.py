@@ -10,17 +10,7 @@ from typing import Any
 import torch
 
 from gptcourse import attention as ref
-from gptcourse.grading import GradingError, exercise, expect_close, expect_shape, fail
-
-
-def call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call the learner's function; NotImplementedError passes through, other errors become a message."""
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, GradingError):
-        raise
-    except Exception as err:  # the learner's bug, reported in words rather than as a traceback
-        fail(f"{what} raised {type(err).__name__}: {err}")
+from gptcourse.grading import call_learner, exercise, expect_close, expect_shape, fail
 
 
 def random_qkv() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,7 +27,7 @@ def check_scores(scaled_scores: Callable[..., Any], trials: int = 20) -> None:
     for _ in range(trials):
         q, k, _ = random_qkv()
         what = f"scaled_scores(q {tuple(q.shape)}, k {tuple(k.shape)})"
-        got = call(what, scaled_scores, q, k)
+        got = call_learner(what, scaled_scores, q, k)
         expected = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
         expect_shape(what, got, tuple(expected.shape))
         d = q.size(-1)
@@ -55,12 +45,12 @@ def check_attention(attention: Callable[..., Any], trials: int = 20) -> None:
         q, k, v = random_qkv()
         T, S = q.size(-2), k.size(-2)
         what = f"attention(q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)})"
-        expect_close(what, call(what, attention, q, k, v), ref.attention(q, k, v),
+        expect_close(what, call_learner(what, attention, q, k, v), ref.attention(q, k, v),
                      hint="softmax over the LAST dimension (the keys), then multiply by v")
         mask = torch.rand(T, S) < 0.6
         mask[:, 0] = True  # every query may see at least one key
         what_m = what[:-1] + f", mask {tuple(mask.shape)})"
-        got = call(what_m, attention, q, k, v, mask)
+        got = call_learner(what_m, attention, q, k, v, mask)
         expected = ref.attention(q, k, v, mask)
         flipped = ~mask
         flipped[~flipped.any(-1)] = True
@@ -75,5 +65,5 @@ def check_attention(attention: Callable[..., Any], trials: int = 20) -> None:
         only_last = torch.zeros(T, S, dtype=torch.bool)
         only_last[:, -1] = True
         what_1 = what[:-1] + ", a mask that allows only the last key)"
-        expect_close(what_1, call(what_1, attention, q, k, v, only_last),
+        expect_close(what_1, call_learner(what_1, attention, q, k, v, only_last),
                      v[..., -1:, :].expand(*v.shape[:-2], T, v.size(-1)))

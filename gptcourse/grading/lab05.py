@@ -11,7 +11,7 @@ import torch
 
 from gptcourse import attention as ref
 from gptcourse.grading import exercise, expect_close, expect_equal, expect_probabilities, expect_shape, fail
-from gptcourse.grading.lab04 import call
+from gptcourse.grading import call_learner
 
 
 @exercise("lab05.mask")
@@ -19,7 +19,7 @@ def check_mask(causal_mask: Callable[[int], Any]) -> None:
     """``causal_mask(T)`` is a boolean ``(T, T)`` tensor, True on and below the diagonal."""
     for T in [1, 2] + torch.randint(3, 40, (5,)).tolist():
         what = f"causal_mask({T})"
-        got = call(what, causal_mask, T)
+        got = call_learner(what, causal_mask, T)
         expect_shape(what, got, (T, T))
         expect_equal(f"{what}.dtype", got.dtype, torch.bool, "build it with dtype=torch.bool (True = may attend)")
         expected = ref.causal_mask(T)
@@ -44,7 +44,7 @@ def check_masked_softmax(masked_softmax: Callable[..., Any], trials: int = 20) -
         else:
             mask = (torch.rand(T, T) < 0.5) | torch.eye(T, dtype=torch.bool)
         what = f"masked_softmax(scores {tuple(scores.shape)}, mask {tuple(mask.shape)})"
-        got = call(what, masked_softmax, scores, mask)
+        got = call_learner(what, masked_softmax, scores, mask)
         expect_shape(what, got, (B, T, T))
         expect_probabilities(what, got)
         if (got.masked_select(~mask.expand(B, T, T)) != 0).any():
@@ -59,14 +59,14 @@ def check_causal_attention(causal_attention: Callable[..., Any], trials: int = 1
         B, T, d = torch.randint(1, 4, ()).item(), torch.randint(2, 16, ()).item(), torch.randint(1, 9, ()).item()
         q, k, v = (torch.randn(B, T, d) for _ in range(3))
         what = f"causal_attention(q, k, v of shape {(B, T, d)})"
-        out = call(what, causal_attention, q, k, v)
+        out = call_learner(what, causal_attention, q, k, v)
         expect_shape(what, out, (B, T, d))
         # the leak test: change everything at one position t; nothing before t may move
         t = torch.randint(1, T, ()).item()
         q2, k2, v2 = q.clone(), k.clone(), v.clone()
         for x in (q2, k2, v2):
             x[:, t] = torch.randn(B, d) * 5
-        out2 = call(what, causal_attention, q2, k2, v2)
+        out2 = call_learner(what, causal_attention, q2, k2, v2)
         moved = (out2[:, :t] - out[:, :t]).abs().amax(dim=(0, 2)) > 1e-5
         if moved.any():
             p = int(moved.nonzero()[0])

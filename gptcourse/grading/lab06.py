@@ -13,7 +13,7 @@ import torch
 
 from gptcourse import attention as ref
 from gptcourse.grading import exercise, expect_close, expect_equal, expect_shape, fail
-from gptcourse.grading.lab04 import call
+from gptcourse.grading import call_learner
 
 
 @exercise("lab06.repeat_kv")
@@ -26,7 +26,7 @@ def check_repeat_kv(repeat_kv: Callable[..., Any], trials: int = 10) -> None:
         nkv = max(nkv, 2) if trial == 1 else nkv
         x = torch.randn(B, nkv, T, hd)
         what = f"repeat_kv(x {tuple(x.shape)}, n_rep={n_rep})"
-        got = call(what, repeat_kv, x, n_rep)
+        got = call_learner(what, repeat_kv, x, n_rep)
         expected = x.repeat_interleave(n_rep, dim=1)
         expect_shape(what, got, tuple(expected.shape))
         if nkv > 1 and n_rep > 1 and torch.equal(got, x.repeat(1, n_rep, 1, 1)):
@@ -44,7 +44,7 @@ def check_gqa(GroupedQueryAttention: Callable[..., Any], trials: int = 6) -> Non
         n_kv_head = [n_head, 1][trial] if trial < 2 else rng.choice([d for d in range(1, n_head + 1) if n_head % d == 0])
         n_embd = n_head * rng.choice([2, 4, 8])
         name = f"GroupedQueryAttention(n_embd={n_embd}, n_head={n_head}, n_kv_head={n_kv_head})"
-        mine = call(name, GroupedQueryAttention, n_embd, n_head, n_kv_head)
+        mine = call_learner(name, GroupedQueryAttention, n_embd, n_head, n_kv_head)
         theirs = ref.MultiHeadAttention(n_embd, n_head, n_kv_head)
         for pname, p in theirs.named_parameters():
             got = dict(mine.named_parameters()).get(pname)
@@ -55,12 +55,12 @@ def check_gqa(GroupedQueryAttention: Callable[..., Any], trials: int = 6) -> Non
         theirs.load_state_dict(mine.state_dict())
         B, T = rng.randint(1, 3), rng.randint(2, 10)
         x = torch.randn(B, T, n_embd)
-        out = call(f"{name}(x {tuple(x.shape)})", mine, x)
+        out = call_learner(f"{name}(x {tuple(x.shape)})", mine, x)
         expect_shape(f"{name}(x)", out, (B, T, n_embd))
         t = rng.randint(1, T - 1)
         x2 = x.clone()
         x2[:, t:] = torch.randn(B, T - t, n_embd)
-        out2 = call(f"{name}(x)", mine, x2)
+        out2 = call_learner(f"{name}(x)", mine, x2)
         if not torch.allclose(out2[:, :t], out[:, :t], atol=1e-5):
             fail(f"leak: {name} changed its output before position {t} when only positions >= {t} changed",
                  "use the causal mask (is_causal=True or a lower-triangular boolean mask)")
@@ -83,7 +83,7 @@ def check_cache_bytes(kv_cache_bytes: Callable[..., Any], trials: int = 10) -> N
             cache.update(layer, kv, kv.clone())
         what = (f"kv_cache_bytes(n_layer={n_layer}, n_kv_head={n_kv_head}, head_dim={head_dim}, "
                 f"seq_len={seq_len}, batch_size={batch_size}, bytes_per_value={bpv})")
-        got = call(what, kv_cache_bytes, n_layer, n_kv_head, head_dim, seq_len, batch_size, bpv)
+        got = call_learner(what, kv_cache_bytes, n_layer, n_kv_head, head_dim, seq_len, batch_size, bpv)
         if got == cache.nbytes() // 2:
             fail(f"{what} is {got}, half the real size", "the cache holds keys AND values")
         expect_equal(what, got, cache.nbytes())

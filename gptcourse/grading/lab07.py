@@ -10,23 +10,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from gptcourse.grading import GradingError, exercise, expect_close, expect_shape, fail
+from gptcourse.grading import call_learner, exercise, expect_close, expect_shape, fail
 from gptcourse.model import Block, GPTConfig
-
-
-def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call the learner's function; NotImplementedError passes through, other errors become a message."""
-    try:
-        return fn(*args)
-    except (NotImplementedError, GradingError):
-        raise
-    except Exception as err:  # the learner's bug, reported in words rather than as a traceback
-        fail(f"{what} raised {type(err).__name__}: {err}")
 
 
 @exercise("lab07.layer_norm")
@@ -41,7 +30,7 @@ def check_layer_norm(layer_norm: Callable[..., torch.Tensor], trials: int = 10) 
         weight, bias = torch.randn(C, dtype=torch.float64), torch.randn(C, dtype=torch.float64)
         eps = rng.choice([1e-5, 1e-2, 1.0])
         what = f"layer_norm(x of shape {shape}, eps={eps})"
-        got = _call(what, layer_norm, x.clone(), weight, bias, eps)
+        got = call_learner(what, layer_norm, x.clone(), weight, bias, eps)
         expect_shape(what, got, shape)
         expected = F.layer_norm(x, (C,), weight, bias, eps)
         unbiased = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=True) + eps)
@@ -58,7 +47,7 @@ def check_layer_norm(layer_norm: Callable[..., torch.Tensor], trials: int = 10) 
 def check_gelu(gelu_tanh: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """``gelu_tanh(x)`` is GPT-2's GELU: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
     x = torch.cat([torch.linspace(-8, 8, 401), torch.randn(100) * 3]).double()
-    got = _call("gelu_tanh(x)", gelu_tanh, x.clone())
+    got = call_learner("gelu_tanh(x)", gelu_tanh, x.clone())
     expect_shape("gelu_tanh(x)", got, tuple(x.shape))
     if torch.allclose(got.double(), F.gelu(x), atol=1e-9) and not torch.allclose(F.gelu(x), F.gelu(x, approximate="tanh")):
         fail("gelu_tanh(x) is the exact GELU x * Phi(x) (with erf)",
@@ -83,7 +72,7 @@ def check_block(block_forward: Callable[..., torch.Tensor], trials: int = 4) -> 
             x = torch.randn(B, T, C) * 2 + 1
             what = f'block_forward(block, x of shape {(B, T, C)}, norm="{norm}")'
             with torch.no_grad():
-                got = _call(what, block_forward, block, x.clone(), norm)
+                got = call_learner(what, block_forward, block, x.clone(), norm)
                 expected = block(x)
                 expect_shape(what, got, (B, T, C))
                 other = Block(GPTConfig(**{**config.to_dict(), "norm": "post" if norm == "pre" else "pre"}))

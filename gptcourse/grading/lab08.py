@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn as nn
 
-from gptcourse.grading import GradingError, exercise, expect_close, expect_equal, expect_shape, expect_type, fail
+from gptcourse.grading import call_learner, exercise, expect_close, expect_equal, expect_shape, expect_type, fail
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.model import count_params as reference_count
-
-
-def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call the learner's function; NotImplementedError passes through, other errors become a message."""
-    try:
-        return fn(*args)
-    except (NotImplementedError, GradingError):
-        raise
-    except Exception as err:  # the learner's bug, reported in words rather than as a traceback
-        fail(f"{what} raised {type(err).__name__}: {err}")
 
 
 def _random_model(rng: random.Random, norm: str | None = None) -> GPT:
@@ -57,7 +46,7 @@ def check_embed(embed: Callable[..., torch.Tensor], trials: int = 5) -> None:
         idx = torch.randint(c.vocab_size, (B, T))
         what = f"embed(model, idx of shape {(B, T)})"
         with torch.no_grad():
-            got = _call(what, embed, model, idx)
+            got = call_learner(what, embed, model, idx)
             expect_shape(what, got, (B, T, c.n_embd))
             tokens_only = model.transformer.wte(idx)
             if torch.allclose(got, tokens_only):
@@ -80,7 +69,7 @@ def check_forward(gpt_forward: Callable[..., torch.Tensor], trials: int = 4) -> 
         with torch.no_grad():
             expected, _ = model(idx)
             model.lm_head = _UseTheEmbedding()
-            got = _call(what, gpt_forward, model, idx)
+            got = call_learner(what, gpt_forward, model, idx)
         expect_shape(what, got, (B, T, c.vocab_size))
         expect_close(what, got, expected, atol=1e-5, rtol=1e-4,
                      hint="h0 = embed(model, idx); every block in order; ln_f only if model.config.final_norm; "
@@ -104,7 +93,7 @@ def check_count_params(count_params: Callable[[GPTConfig], int], trials: int = 4
         settings = {k: getattr(config, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd",
                                                       "n_kv_head", "bias", "final_norm", "pos")}
         what = f"count_params(GPTConfig({', '.join(f'{k}={v!r}' for k, v in settings.items())}))"
-        got = _call(what, count_params, config)
+        got = call_learner(what, count_params, config)
         expect_type(what, got, int)
         expected = reference_count(config)
         if got == expected:
