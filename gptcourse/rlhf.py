@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import random
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -133,6 +134,17 @@ def response_logprobs(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> t
 # --------------------------------------------------------------------------- 1. supervised fine-tuning
 
 
+def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip_params: Iterable[nn.Parameter] | None = None) -> float:
+    """One optimiser step on ``loss`` (gradient norm clipped to 1 over ``clip_params`` when given);
+    returns the loss value. The update every stage of this module shares."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def sft(model: GPT, pairs: list[tuple[str, str]], steps: int, batch_size: int = 32, lr: float = 2e-3,
         device: str = "cpu", seed: int = 0, progress: bool = True) -> list[float]:
     """Step 1: next-token cross-entropy on the responses of ``pairs``. Returns the loss per step."""
@@ -143,10 +155,7 @@ def sft(model: GPT, pairs: list[tuple[str, str]], steps: int, batch_size: int = 
     for _ in tqdm(range(steps), disable=not progress, desc="SFT"):
         idx, targets, _ = encode_pairs(rng.sample(pairs, min(batch_size, len(pairs))), tok, device)
         _, loss = model(idx, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(_update(optimizer, loss))
     return losses
 
 
@@ -243,10 +252,7 @@ def train_reward_model(rm: RewardModel, comparisons: list[Comparison], steps: in
         batch = rng.sample(comparisons, min(batch_size, len(comparisons)))
         r = rm.score([(c.prompt, c.chosen) for c in batch] + [(c.prompt, c.rejected) for c in batch], device)
         loss = preference_loss(r[: len(batch)], r[len(batch) :])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(_update(optimizer, loss))
     return losses
 
 
@@ -311,10 +317,7 @@ def ppo(policy: GPT, reference: GPT, rm: RewardModel, prompts: list[str], iterat
             advantages = (total - total.mean()) / (total.std() + 1e-8)
         for _ in range(epochs):
             loss = ppo_loss(response_logprobs(policy, idx, targets), old_logp, advantages, mask, clip)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            optimizer.step()
+            _update(optimizer, loss, policy.parameters())
         history.reward.append(reward.mean().item())
         history.kl.append(kl.mean().item())
         history.true_score.append(sum(labeller_score(p, r) for p, r in pairs) / len(pairs))
