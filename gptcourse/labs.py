@@ -7,11 +7,19 @@
 * outputs and execution counts are cleared;
 * graded cells (cell tag ``grade``; metadata ``gptcourse: {exercise, points}``) are kept as they are.
 
-It also rewrites the header of every notebook in ``chapters/``, ``solutions/`` and ``labs/``: an
-"Open in Colab" badge and a setup cell that installs this package when running in Colab, both
-built from ``repository.url`` and ``repository.branch`` in ``_config.yml`` (one place to change on
-a fork). ``python -m gptcourse.labs check`` exits 1, listing the files, when anything on disk
-differs from what ``build`` would write.
+It also rewrites the header of every notebook in ``chapters/``, ``solutions/`` and ``labs/``, built
+from ``repository.url`` and ``repository.branch`` in ``_config.yml`` (one place to change on a fork):
+
+* an "Open in Colab" badge, first;
+* the notebook's title cell (its own, kept where it is);
+* an install cell that pip-installs this package when running in Colab. It carries the cell tag
+  ``remove-cell``, which Jupyter Book honours: on the website the lesson opens with its prose;
+* the setup cell, ``setup()``, which prints the device and size line the outputs came from. It is
+  a cell of its own so that a change to the install cell (a new release to install) never costs
+  a notebook its committed outputs.
+
+``python -m gptcourse.labs check`` exits 1, listing the files, when anything on disk differs from
+what ``build`` would write.
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ import yaml
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 GRADE_TAG = "grade"
-BADGE_TAG, SETUP_TAG = "colab-badge", "colab-setup"
+BADGE_TAG, INSTALL_TAG, SETUP_TAG = "colab-badge", "colab-install", "colab-setup"
+HEADER_TAGS = (BADGE_TAG, INSTALL_TAG, SETUP_TAG)
+# Jupyter Book leaves a cell with this tag off the page (the cell still runs in Colab and in tests)
+BOOK_REMOVE_TAG = "remove-cell"
 NOTEBOOK_DIRS = ("chapters", "solutions", "labs")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,23 +63,25 @@ def install_spec(root: Path = ROOT) -> str:
 
 
 def header_cells(relpath: str, root: Path = ROOT) -> list[nbformat.NotebookNode]:
-    """The badge cell and the setup cell for notebook ``relpath``."""
+    """The badge cell, the install cell and the setup cell for notebook ``relpath``."""
     badge = nbformat.v4.new_markdown_cell(
         f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(relpath, root)})",
         metadata={"tags": [BADGE_TAG]},
     )
-    setup = nbformat.v4.new_code_cell(
+    install = nbformat.v4.new_code_cell(
         "# In Colab, install the course package (Colab's own torch is kept); elsewhere see the setup page.\n"
         "import subprocess, sys\n"
         'if "google.colab" in sys.modules:\n'
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{install_spec(root)}"], check=True)\n'
-        "\n"
+        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{install_spec(root)}"], check=True)',
+        metadata={"tags": [INSTALL_TAG, BOOK_REMOVE_TAG]},
+    )
+    setup = nbformat.v4.new_code_cell(
         "from gptcourse.hardware import setup\n"
         "device, size = setup()",
         metadata={"tags": [SETUP_TAG]},
     )
-    badge.id, setup.id = BADGE_TAG, SETUP_TAG
-    return [badge, setup]
+    badge.id, install.id, setup.id = BADGE_TAG, INSTALL_TAG, SETUP_TAG
+    return [badge, install, setup]
 
 
 def _tags(cell: nbformat.NotebookNode) -> list[str]:
@@ -76,16 +89,17 @@ def _tags(cell: nbformat.NotebookNode) -> list[str]:
 
 
 def with_header(nb: nbformat.NotebookNode, relpath: str, root: Path = ROOT) -> nbformat.NotebookNode:
-    """``nb`` with its header cells made current: the badge first, the setup cell right after the
-    notebook's title cell (or first). A setup cell whose source changes loses its stale outputs."""
+    """``nb`` with its header cells made current: the badge first, then the notebook's title cell
+    (if its first cell is markdown), the install cell and the setup cell. A header cell whose source
+    is unchanged keeps its outputs; one whose source changes loses its stale outputs."""
     nb = copy.deepcopy(nb)
-    badge, setup = header_cells(relpath, root)
-    old = {t: c for c in nb.cells for t in _tags(c) if t in (BADGE_TAG, SETUP_TAG)}
-    body = [c for c in nb.cells if not {BADGE_TAG, SETUP_TAG} & set(_tags(c))]
-    if SETUP_TAG in old and old[SETUP_TAG].source == setup.source:
-        setup = old[SETUP_TAG]
+    fresh = header_cells(relpath, root)
+    old = {t: c for c in nb.cells for t in _tags(c) if t in HEADER_TAGS}
+    badge, install, setup = (old[tag] if tag in old and (old[tag].source, _tags(old[tag])) == (cell.source, _tags(cell))
+                             else cell for tag, cell in zip(HEADER_TAGS, fresh))
+    body = [c for c in nb.cells if not set(HEADER_TAGS) & set(_tags(c))]
     title = [body.pop(0)] if body and body[0].cell_type == "markdown" else []
-    nb.cells = [badge] + title + [setup] + body
+    nb.cells = [badge] + title + [install, setup] + body
     return nb
 
 

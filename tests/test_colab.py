@@ -62,10 +62,13 @@ def test_badge_install_cell_and_launch_button_agree(path):
     rel = path.relative_to(ROOT).as_posix()
     repo, branch = _repository()
     nb = nbformat.read(path, as_version=4)
-    badges, setups = _tagged(nb, labs.BADGE_TAG), _tagged(nb, labs.SETUP_TAG)
+    badges, installs, setups = (_tagged(nb, tag) for tag in labs.HEADER_TAGS)
     assert len(badges) == 1 and nb.cells[0] is badges[0], f"{rel}: the first cell must be the one Colab badge"
+    assert len(installs) == 1 and installs[0].cell_type == "code", f"{rel}: needs exactly one install cell"
     assert len(setups) == 1 and setups[0].cell_type == "code", f"{rel}: needs exactly one setup cell"
-    assert nb.cells.index(setups[0]) <= 2, f"{rel}: the setup cell must come right after the title"
+    where = nb.cells.index(installs[0])
+    assert where <= 2, f"{rel}: the install cell must come right after the title"
+    assert nb.cells[where + 1] is setups[0], f"{rel}: the setup cell must follow the install cell"
 
     badge = BADGE.search(badges[0].source)
     assert badge, f"{rel}: the badge cell has no Colab badge link"
@@ -73,15 +76,19 @@ def test_badge_install_cell_and_launch_button_agree(path):
     assert (ROOT / badge["path"]).is_file()
     assert badge["url"] == launch_button_url(rel)
 
-    setup = setups[0].source
-    install = INSTALL.search(setup)
-    assert install, f"{rel}: the setup cell does not pip-install the course package from git"
+    install_cell = installs[0]
+    install = INSTALL.search(install_cell.source)
+    assert install, f"{rel}: the install cell does not pip-install the course package from git"
     assert (install["repo"], install["branch"]) == (repo, branch)
-    assert 'if "google.colab" in sys.modules:' in setup, f"{rel}: install only when running in Colab"
-    pip_lines = [line for line in setup.splitlines() if "pip" in line]
+    assert 'if "google.colab" in sys.modules:' in install_cell.source, f"{rel}: install only when running in Colab"
+    pip_lines = [line for line in install_cell.source.splitlines() if "pip" in line]
     assert not any(re.search(r"\btorch\b|--upgrade|\s-U\b|--force", line) for line in pip_lines), \
         f"{rel}: the install must leave Colab's torch alone"
-    assert "setup()" in setup and "from gptcourse.hardware import setup" in setup
+    # the website shows the lesson, not the install; the device line of the setup cell stays visible
+    assert labs.BOOK_REMOVE_TAG in install_cell.metadata["tags"], f"{rel}: the install cell must be off the page"
+    assert not {"remove-cell", "remove-input", "remove-output", "hide-cell"} & set(setups[0].metadata["tags"])
+    assert setups[0].source == "from gptcourse.hardware import setup\ndevice, size = setup()"
+    assert not install_cell.outputs, f"{rel}: the install cell prints nothing outside Colab"
 
 
 def test_the_package_keeps_colabs_torch():
@@ -100,9 +107,8 @@ def test_setup_uses_the_gpu_when_there_is_one(monkeypatch):
 
 
 def test_colab_install_cell_runs_pip_only_in_colab(monkeypatch):
-    """Run the install part of the generator's setup cell, outside Colab and then with a fake ``google.colab``."""
-    source = labs.header_cells("labs/lab01_ngram.ipynb")[1].source
-    install = source.split("\nfrom gptcourse.hardware import setup")[0]
+    """Run the generator's install cell, outside Colab and then with a fake ``google.colab``."""
+    install = labs.header_cells("labs/lab01_ngram.ipynb")[1].source
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda args, check: calls.append(args))
     exec(install, {})

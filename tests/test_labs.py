@@ -41,11 +41,24 @@ def test_make_lab_clears_outputs_and_keeps_graded_cells():
     lab = labs.make_lab(solution, "labs/lab99_x.ipynb")
     code = [c for c in lab.cells if c.cell_type == "code"]
     assert all(c.outputs == [] and c.execution_count is None for c in code)
-    assert "raise NotImplementedError()" in code[1].source and "return 1" not in code[1].source
+    assert "raise NotImplementedError()" in code[2].source and "return 1" not in code[2].source
     assert labs.graded_cells(lab)[0].source == "assert f() == 1"
-    # the header: a Colab badge pointing at the lab's own path, then the title, then the setup cell
+    # the header: a Colab badge pointing at the lab's own path, the title, the install cell, the setup cell
     assert "labs/lab99_x.ipynb" in lab.cells[0].source and lab.cells[1].source == "# Lab"
-    assert labs.install_spec() in lab.cells[2].source
+    assert labs.install_spec() in lab.cells[2].source and "setup()" in lab.cells[3].source
+
+
+def test_a_new_install_cell_keeps_the_setup_cells_outputs():
+    """A new release changes the install cell; the device line the setup cell printed in a real run stays."""
+    nb = labs.with_header(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Chapter")]),
+                          "chapters/99_x.ipynb")
+    install, setup = nb.cells[2], nb.cells[3]
+    install.source = install.source.replace("@", "@v0.0.1-", 1)
+    setup.outputs = [nbformat.v4.new_output("stream", text="device: cpu | size: cpu\n")]
+    setup.execution_count = 1
+    again = labs.with_header(nb, "chapters/99_x.ipynb")
+    assert again.cells[2].source == labs.header_cells("chapters/99_x.ipynb")[1].source  # the install cell is current
+    assert again.cells[3].outputs == setup.outputs and again.cells[3].execution_count == 1
 
 
 def test_labs_are_generated_from_solutions():

@@ -8,7 +8,8 @@ same offline and online. Then it opens the index and every page of ``_toc.yml`` 
 * no error from the site's own scripts (JavaScript exceptions or console errors from localhost);
 * no missing resource (any 404 the server saw: scripts, styles, images, fonts) and no broken image;
 * no broken internal link, including ``#fragments`` that name no element of their page;
-* every notebook page has the Colab launch button, pointing where the notebook's badge points.
+* every notebook page has the Colab launch button, pointing where the notebook's badge points;
+* the Colab install cell is on no page, and every chapter page opens with prose.
 
 Screenshots of every page go to ``test-artifacts/site/`` (kept by CI as artifacts). Chromium and
 chromedriver come from the OS (``apt-get install chromium chromium-driver``, as ``.ci/run`` does);
@@ -220,6 +221,17 @@ def test_page_in_a_real_browser(page, site, browser, html_dir):
             " .dropdown-launch-buttons a[href*=\"colab.research.google.com\"]')).map(a => a.href)")
         if expected not in buttons:
             problems.append(f"no Colab launch button to {expected} (found {buttons})")
+        # reading first: the install cell is off every page, and a chapter opens with its prose
+        first, has_install = browser.execute_script(
+            "const art = document.querySelector('article.bd-article');"
+            "const blocks = Array.from(art.querySelectorAll('p, div.cell'))"
+            ".filter(b => b.textContent.trim() && !b.querySelector('img[src*=\"colab-badge\"]'));"
+            "return [blocks.length ? blocks[0].tagName : null, art.textContent.includes('pip\", \"install')]")
+        if page.startswith("chapters/") and first != "P":
+            problems.append(f"the first visible block is {first!r}, not a paragraph of prose")
+        if has_install:
+            problems.append("the Colab install cell is shown on the page (it should carry the tag "
+                            f"{labs.BOOK_REMOVE_TAG!r})")
     assert not problems, f"{page} (screenshot {shot.relative_to(ROOT)}):\n" + "\n".join(problems)
 
 
