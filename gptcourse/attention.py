@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptcourse.loops import evaluating
+
 
 def causal_mask(T: int, S: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """Boolean ``(T, S)`` mask, True where query ``i`` may see key ``j``.
@@ -67,32 +69,49 @@ def attention(
     return attention_weights(q, k, mask) @ v
 
 
-class KVCache:
-    """Keys and values of the tokens seen so far, one pair per layer, for incremental decoding.
+class LayerCache:
+    """The keys and values one attention layer has seen so far: ``(B, nkv, S, hd)`` each, or None."""
 
-    Each entry is ``(B, nkv, S, hd)``; only ``n_kv_head`` heads are stored, which is why multi-query
-    attention needs ``n_head`` times less cache memory than multi-head attention.
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        """The number of positions cached."""
+        return 0 if self.keys is None else self.keys.size(2)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's ``(B, nkv, T, hd)`` keys and values; return all of them, ``(B, nkv, S, hd)``."""
+        if self.keys is not None:
+            k = torch.cat([self.keys, k], dim=2)
+            v = torch.cat([self.values, v], dim=2)
+        self.keys, self.values = k, v
+        return k, v
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for incremental decoding: one :class:`LayerCache`
+    per layer (``cache.layer(i)``), which layer ``i``'s attention reads and extends.
+
+    Only ``n_kv_head`` heads are stored per layer, which is why multi-query attention needs
+    ``n_head`` times less cache memory than multi-head attention.
     """
 
     def __init__(self, n_layer: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layer
-        self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.layers = [LayerCache() for _ in range(n_layer)]
 
     def __len__(self) -> int:
         """The number of positions cached (the same in every layer)."""
-        return 0 if self.keys[0] is None else self.keys[0].size(2)
+        return len(self.layers[0])
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's ``(B, nkv, T, hd)`` keys/values for ``layer``; return all of them."""
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+    def layer(self, i: int) -> LayerCache:
+        """The cache of layer ``i``."""
+        return self.layers[i]
 
     def nbytes(self) -> int:
         """Bytes held by the cached tensors."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+        return sum(t.numel() * t.element_size() for layer in self.layers
+                   for t in (layer.keys, layer.values) if t is not None)
 
 
 class MultiHeadAttention(nn.Module):
@@ -104,14 +123,13 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, dropout: float = 0.0,
-                 bias: bool = True, layer: int = 0):
+                 bias: bool = True):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_embd % n_head or n_head % n_kv_head:
             raise ValueError(f"need n_embd % n_head == 0 and n_head % n_kv_head == 0, got "
                              f"n_embd={n_embd}, n_head={n_head}, n_kv_head={n_kv_head}")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
-        self.layer = layer  # index into a KVCache
         self.dropout = dropout
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
@@ -136,43 +154,28 @@ class MultiHeadAttention(nn.Module):
         T = x.size(1)
         return attention_weights(q, k, causal_mask(T, device=x.device) if mask is None else mask)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` is ``(B, T, C)``; returns ``(B, T, C)``. ``mask`` (``(T, S)``, True = may attend)
-        replaces the causal mask, e.g. for sparse attention; with ``cache``, keys and values of
-        earlier positions are reused and only the ``T`` new positions are computed."""
+        """``x`` is ``(B, T, C)``; returns ``(B, T, C)``.
+
+        ``mask`` (``(T, S)``, True = may attend) replaces the causal mask, e.g. for sparse attention.
+        With ``cache``, the keys and values of earlier positions are reused and only the ``T`` new
+        positions are computed: the queries are then the last ``T`` of ``S`` positions.
+        """
         B, T, C = x.shape
-        nh, nkv = self.n_head, self.n_kv_head
         q, k, v = self.qkv(x)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, nkv, S, hd)
+            k, v = cache.update(k, v)  # (B, nkv, S, hd)
         S = k.size(2)
-        dropout = self.dropout if self.training else 0.0
-        if nkv != nh and cache is not None:
-            # decoding with shared key/value heads: fold each group of nh // nkv query heads into the
-            # query axis, so every cached key/value head is read once and never copied (the MQA/GQA gain)
-            g = nh // nkv
-            q = q.reshape(B, nkv, g * T, self.head_dim)
-            if mask is None and T > 1:
-                mask = causal_mask(T, S, device=x.device)
-            if mask is not None:
-                # (..., g*T, S): the same mask for every query head of a group
-                mask = mask.repeat(*([1] * (mask.dim() - 2)), g, 1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-            y = y.view(B, nh, T, self.head_dim)
-        else:
-            if nkv != nh:
-                # each group of nh // nkv query heads reads the same key/value head
-                k = k.repeat_interleave(nh // nkv, dim=1)
-                v = v.repeat_interleave(nh // nkv, dim=1)
-            if mask is None and S == T:
-                # the fused kernels build the causal mask themselves (no (T, T) tensor in memory)
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-            else:
-                if mask is None:
-                    mask = causal_mask(T, S, device=x.device)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        # no mask means causal: the fused kernels build it themselves when T == S; a single new
+        # query may see every cached key; a longer chunk after a cache needs the offset mask
+        if mask is None and 1 < T < S:
+            mask = causal_mask(T, S, device=x.device)
+        # enable_gqa: each group of nh // nkv query heads reads one key/value head, never copied
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=mask is None and T == S > 1,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hd) -> (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -280,7 +283,6 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     return y.reshape(*batch, nb * w, v.size(-1))[..., :T, :]
 
 
-@torch.no_grad()
 def attention_maps(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
     """The attention weights of every :class:`MultiHeadAttention` layer of ``model`` on ``idx`` ``(B, T)``.
 
@@ -294,12 +296,10 @@ def attention_maps(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
     maps: list[torch.Tensor] = []
     hooks = [m.register_forward_hook(lambda m, args, out: maps.append(m.attention_weights(args[0])))
              for m in layers]
-    was_training = model.training
     try:
-        model.eval()
-        model(idx)
+        with evaluating(model):
+            model(idx)
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return maps

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from gptcourse.attention import KVCache
+from gptcourse.loops import evaluating
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -51,6 +52,21 @@ def apply_repetition_penalty(logits: torch.Tensor, idx: torch.Tensor, penalty: f
     return logits.scatter(-1, idx, seen)
 
 
+def context_start(start: int, length: int, block_size: int) -> int:
+    """Where the model's context begins in a sequence of ``length`` tokens, given that it began at
+    ``start``: unchanged while ``length - start <= block_size``; once the context would overflow,
+    it jumps forward to keep the last ``block_size // 2`` tokens (at least one).
+
+    Learned absolute positions cannot slide (position 0 must be the context's first token), so a
+    cache cannot simply drop its oldest entry; jumping by half a window rebuilds the cache once per
+    ``block_size // 2`` new tokens instead of at every token. The price: right after a jump the
+    model sees half a window of context, where cropping at every token would give it a full one.
+    """
+    if length - start <= block_size:
+        return start
+    return length - max(1, block_size // 2)
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
@@ -58,9 +74,11 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, tem
     """Extend ``idx`` ``(B, T)`` by ``max_new_tokens`` sampled tokens; returns ``(B, T + max_new_tokens)``.
 
     With ``use_cache`` the keys and values of earlier positions are kept (a :class:`KVCache`), so each
-    step feeds the model one token instead of the whole context. When the context would exceed the
-    model's ``block_size``, it is cropped to the last ``block_size`` tokens (and the cache rebuilt).
-    ``repetition_penalty`` applies to every token of the (cropped) context, prompt included.
+    step feeds the model one token instead of the whole context. The model reads at most its
+    ``block_size`` last tokens: a longer prompt is cropped to them, and when the context fills up it
+    keeps its last half (:func:`context_start`; the cache is rebuilt then, once). With or without
+    the cache the model sees the same context, so both give the same tokens.
+    ``repetition_penalty`` applies to the last ``block_size`` tokens, prompt included.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -70,23 +88,22 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, tem
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     if idx.dim() != 2 or idx.dtype != torch.long:
         raise ValueError(f"idx must be a (B, T) tensor of int64 token ids, got {tuple(idx.shape)} {idx.dtype}")
-    was_training = model.training
-    model.eval()
     block_size = model.config.block_size
-    cache = None
-    for _ in range(max_new_tokens):
-        if use_cache and cache is not None and len(cache) < block_size:
-            logits, _ = model(idx[:, -1:], cache=cache)
-        else:
-            context = idx[:, -block_size:]
-            cache = KVCache(model.config.n_layer) if use_cache else None
-            logits, _ = model(context, cache=cache)
-        logits = apply_repetition_penalty(logits[:, -1, :].float(), idx[:, -block_size:], repetition_penalty)
-        if temperature == 0:
-            next_id = logits.argmax(dim=-1, keepdim=True)
-        else:
-            probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-            next_id = torch.multinomial(probs, num_samples=1, generator=generator)
-        idx = torch.cat([idx, next_id], dim=1)
-    model.train(was_training)
+    start, cache = max(0, idx.size(1) - block_size), None
+    with evaluating(model):
+        for _ in range(max_new_tokens):
+            if context_start(start, idx.size(1), block_size) != start:
+                start, cache = context_start(start, idx.size(1), block_size), None
+            if cache is not None:
+                logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
+            else:
+                cache = KVCache(model.config.n_layer) if use_cache else None
+                logits, _ = model(idx[:, start:], cache=cache, last_only=True)
+            logits = apply_repetition_penalty(logits[:, -1, :].float(), idx[:, -block_size:], repetition_penalty)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat([idx, next_id], dim=1)
     return idx

@@ -3,7 +3,9 @@
 Every variant the course discusses is a :class:`GPTConfig` switch on the same classes: LayerNorm
 placement (``norm``), key/value heads (``n_kv_head``), position embeddings (``pos``), the final
 LayerNorm and the scaled residual init (GPT-1 had neither), dense or sparse ``attention``, and the
-feed-forward kind (``ffn``). Parameter names follow GPT-2 / nanoGPT so that real weights load.
+feed-forward kind (``ffn``). Each switch picks a component once, at construction (a block class, a
+position module, ``nn.Identity`` for a missing final LayerNorm); ``forward`` does not branch on
+the configuration. Parameter names follow GPT-2 / nanoGPT so that real weights load.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptcourse.attention import KVCache, MultiHeadAttention, sparse_mask
+from gptcourse.attention import KVCache, LayerCache, MultiHeadAttention, sparse_mask
+from gptcourse.layers import MLP, NoPositions, SinusoidalPositions
 from gptcourse.moe import MoE
 
 NORMS = ("pre", "post")
@@ -102,70 +105,64 @@ class GPTConfig:
         return asdict(self)
 
 
-def sinusoidal_positions(T: int, C: int) -> torch.Tensor:
-    """``(T, C)`` fixed position codes of the original Transformer:
-    ``PE[t, 2i] = sin(t / 10000^(2i/C))`` and ``PE[t, 2i+1] = cos(t / 10000^(2i/C))``."""
-    t = torch.arange(T, dtype=torch.float32)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, C, 2, dtype=torch.float32) / C)
-    pe = torch.zeros(T, C)
-    pe[:, 0::2] = torch.sin(t * freq)
-    pe[:, 1::2] = torch.cos(t * freq)[:, : C // 2]
-    return pe
-
-
-class MLP(nn.Module):
-    """The position-wise feed-forward network: ``C -> 4C -> GELU (tanh approximation) -> C``.
-
-    ``hidden`` overrides the inner width ``4C`` (mixture-of-experts layers use it for narrower experts).
-    """
-
-    def __init__(self, config: GPTConfig, hidden: int | None = None):
-        super().__init__()
-        hidden = 4 * config.n_embd if hidden is None else hidden
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, T, C) -> (B, T, C)``."""
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
-
-
 class Block(nn.Module):
-    """One Transformer block: attention then MLP, each in a residual branch with a LayerNorm.
+    """One pre-LN Transformer block (GPT-2): ``x + attn(LN(x))``, then ``x + ffn(LN(x))``.
 
-    ``norm="pre"`` (GPT-2): ``x + f(LN(x))``, the residual stream is never normalised.
-    ``norm="post"`` (GPT-1): ``LN(x + f(x))``, every block normalises the stream.
+    The residual stream itself is never normalised. The feed-forward is an :class:`MLP`, or a
+    mixture of experts (``ffn="moe"``) whose load-balancing loss the block passes up.
+    :func:`make_block` builds the block class that ``config.norm`` names.
     """
 
-    def __init__(self, config: GPTConfig, layer: int = 0):
+    norm = "pre"  # the GPTConfig.norm this class implements
+
+    def __init__(self, config: GPTConfig):
         super().__init__()
-        self.pre_norm = config.norm == "pre"
+        if config.norm != self.norm:
+            raise ValueError(f"{type(self).__name__} is the norm={self.norm!r} block, but GPTConfig.norm is "
+                             f"{config.norm!r}; build blocks with make_block(config)")
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, config.dropout,
-                                       config.bias, layer=layer)
+        self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, config.dropout, config.bias)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MoE(config) if config.ffn == "moe" else MLP(config)
-        self.layer = layer
-        self.pattern = config.layer_attention(layer)
-        self.window, self.stride = config.attn_window, config.attn_stride
 
-    def attn_mask(self, T: int, cache: KVCache | None, device: torch.device) -> torch.Tensor | None:
-        """This layer's ``(T, S)`` sparse mask (None for dense layers, which use the causal kernel).
-        With a cache holding ``S - T`` earlier positions, the rows are those of positions ``S-T .. S``."""
-        if self.pattern == "dense":
-            return None
-        past = 0 if cache is None or cache.keys[self.layer] is None else cache.keys[self.layer].size(2)
-        return sparse_mask(self.pattern, T, past + T, window=self.window, stride=self.stride, device=device)
+    def ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The feed-forward sub-layer and its auxiliary loss (None for a plain MLP)."""
+        out = self.mlp(x)
+        return out if isinstance(self.mlp, MoE) else (out, None)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """``(B, T, C) -> (B, T, C)``."""
-        mask = self.attn_mask(x.size(1), cache, x.device)
-        if self.pre_norm:
-            x = x + self.attn(self.ln_1(x), cache, mask)
-            return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, T, C) -> ((B, T, C), auxiliary loss or None)``; ``cache`` and ``mask`` go to attention."""
+        x = x + self.attn(self.ln_1(x), cache, mask)
+        y, aux = self.ffn(self.ln_2(x))
+        return x + y, aux
+
+
+class PostNormBlock(Block):
+    """One post-LN Transformer block (GPT-1, the original Transformer): ``LN(x + attn(x))``, then
+    ``LN(x + ffn(x))``: every block normalises the stream. The same parameters as :class:`Block`."""
+
+    norm = "post"
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.ln_1(x + self.attn(x, cache, mask))
-        return self.ln_2(x + self.mlp(x))
+        y, aux = self.ffn(x)
+        return self.ln_2(x + y), aux
+
+
+def make_block(config: GPTConfig) -> Block:
+    """The block ``config.norm`` asks for: :class:`Block` (``"pre"``) or :class:`PostNormBlock` (``"post"``)."""
+    return Block(config) if config.norm == "pre" else PostNormBlock(config)
+
+
+def positions(config: GPTConfig) -> nn.Module:
+    """The position module ``config.pos`` asks for: ``(T,)`` positions -> ``(T, C)`` vectors to add."""
+    if config.pos == "learned":
+        return nn.Embedding(config.block_size, config.n_embd)
+    if config.pos == "sinusoidal":
+        return SinusoidalPositions(config.block_size, config.n_embd)
+    return NoPositions()
 
 
 class GPT(nn.Module):
@@ -177,16 +174,11 @@ class GPT(nn.Module):
         self.aux_loss: torch.Tensor | None = None  # the MoE load-balancing loss of the last forward
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=positions(config),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, layer=i) for i in range(config.n_layer)]),
+            h=nn.ModuleList([make_block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.final_norm else nn.Identity(),
         ))
-        if config.pos == "learned":
-            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        elif config.pos == "sinusoidal":
-            self.register_buffer("pos_code", sinusoidal_positions(config.block_size, config.n_embd),
-                                 persistent=False)
-        if config.final_norm:
-            self.transformer["ln_f"] = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output layer reads the token embedding matrix (We^T)
         self.lm_head.weight = self.transformer.wte.weight
@@ -209,6 +201,16 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         """The number of trainable parameters; the tied embedding/output matrix is counted once."""
         return sum(p.numel() for p in self.parameters())
+
+    def attention_masks(self, T: int, S: int, device: torch.device) -> list[torch.Tensor | None]:
+        """Each layer's ``(T, S)`` attention mask for ``T`` queries that are the last of ``S``
+        positions: None for dense layers (causal), else the sparse pattern's mask, built once per
+        pattern and shared by the layers that use it."""
+        c = self.config
+        patterns = [c.layer_attention(layer) for layer in range(c.n_layer)]
+        masks = {p: sparse_mask(p, T, S, window=c.attn_window, stride=c.attn_stride, device=device)
+                 for p in set(patterns) - {"dense"}}
+        return [masks.get(p) for p in patterns]
 
     @classmethod
     def from_hf(cls, hf_model) -> GPT:
@@ -266,46 +268,49 @@ class GPT(nn.Module):
                           f"{err}") from err
         return cls.from_hf(hf_model)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` is ``(B, T)`` token ids; returns ``(logits (B, T, vocab_size), loss or None)``.
 
         ``targets`` ``(B, T)`` gives the mean cross-entropy (``-1`` marks positions to ignore).
         With ``cache``, ``idx`` holds only the new tokens and positions continue from the cache.
+        ``last_only`` computes the logits of the last position only, ``(B, 1, vocab_size)`` (what
+        sampling needs; it saves the output layer's work on every other position).
 
         With ``ffn="moe"``, ``self.aux_loss`` holds the load-balancing loss of this pass (the mean
         over MoE layers; ``moe_aux_weight`` when routing is uniform). In training mode it is added
         to the returned loss; in eval mode the loss is the cross-entropy alone, comparable with a
         dense model's. ``self.aux_loss`` is None for a dense feed-forward.
         """
+        start, T = self._check_input(idx, cache)
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        masks = self.attention_masks(T, start + T, idx.device)
+        aux_losses = []
+        for i, (block, mask) in enumerate(zip(self.transformer.h, masks)):
+            x, aux = block(x, None if cache is None else cache.layer(i), mask)
+            if aux is not None:
+                aux_losses.append(aux)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x[:, -1:] if last_only else x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        self.aux_loss = torch.stack(aux_losses).mean() if aux_losses else None
+        if loss is not None and self.aux_loss is not None and self.training:
+            loss = loss + self.aux_loss
+        return logits, loss
+
+    def _check_input(self, idx: torch.Tensor, cache: KVCache | None) -> tuple[int, int]:
+        """``(first position, T)`` of ``idx`` ``(B, T)``; raises when it is not ``(B, T)`` or too long."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
-        B, T = idx.shape
-        start = len(cache) if cache is not None else 0
+        start, T = (0 if cache is None else len(cache)), idx.size(1)
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size="
                              f"{self.config.block_size}; crop the context to its last "
                              f"{self.config.block_size} tokens")
-        x = self.transformer.wte(idx)  # (B, T, C)
-        if self.config.pos == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
-        elif self.config.pos == "sinusoidal":
-            x = x + self.pos_code[start : start + T]
-        x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, cache)
-        if self.config.final_norm:
-            x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        self.aux_loss = None
-        if self.config.ffn == "moe":
-            self.aux_loss = torch.stack([block.mlp.aux_loss for block in self.transformer.h]).mean()
-            if loss is not None and self.training:
-                loss = loss + self.aux_loss
-        return logits, loss
+        return start, T
 
 
 # --- parameter counting and the published configurations ---------------------------------------

@@ -13,7 +13,8 @@ The pieces, in the order a token meets them:
   (``f_i`` the fraction of assignments routed to expert ``i``, ``P_i`` its mean router
   probability); it equals ``alpha`` when routing is perfectly uniform and grows when it is not.
 
-:class:`MoE` puts them together and runs each expert only on its own tokens;
+:class:`MoE` puts them together, runs each expert only on its own tokens, and returns the layer's
+output together with its balancing loss (the model adds the losses of its layers);
 :func:`moe_dense_reference` runs every token through every expert and weights the outputs by the
 gates (zero for unselected experts): the two agree (tested), the first does ``k / n_expert`` of
 the work. Shapes: ``N`` tokens (``B * T`` flattened), ``C`` model width, ``E`` experts.
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from gptcourse.layers import MLP
 
 if TYPE_CHECKING:
     from gptcourse.model import GPTConfig
@@ -95,25 +98,24 @@ def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, alpha: float
 
 
 class MoE(nn.Module):
-    """A mixture-of-experts feed-forward layer: ``(B, T, C) -> (B, T, C)``.
+    """A mixture-of-experts feed-forward layer: ``(B, T, C) -> ((B, T, C), aux_loss)``.
 
     The experts are the block's MLP (``C -> 4C -> GELU -> C``, or ``C -> config.expert_hidden -> C``
-    for finer experts), ``config.n_expert`` of them; each token goes to ``config.expert_top_k`` of them. After every forward pass the layer holds:
-    ``aux_loss`` (the load-balancing loss of that pass), ``tokens_per_expert`` (``(E,)``
-    assignments before drops) and ``dropped`` (assignments over capacity).
+    for finer experts), ``config.n_expert`` of them; each token goes to ``config.expert_top_k`` of
+    them. The forward returns the output and the load-balancing loss of this pass. For looking at
+    routing, the layer also keeps two detached statistics of its last pass (tensors, so reading
+    them is the only moment a GPU waits): ``tokens_per_expert`` (``(E,)`` assignments before drops)
+    and ``dropped`` (assignments over capacity).
     """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        from gptcourse.model import MLP  # here, not at the top: model.py imports this module
-
         self.n_expert, self.top_k = config.n_expert, config.expert_top_k
         self.capacity_factor, self.alpha = config.capacity_factor, config.moe_aux_weight
         self.router = Router(config.n_embd, config.n_expert)
         self.experts = nn.ModuleList([MLP(config, config.expert_hidden) for _ in range(config.n_expert)])
-        self.aux_loss: torch.Tensor | None = None
         self.tokens_per_expert: torch.Tensor | None = None
-        self.dropped = 0
+        self.dropped: torch.Tensor | None = None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x`` is ``(N, C)``; returns ``gates (N, k)``, ``experts (N, k)``, ``keep (N, k)``, ``probs (N, E)``."""
@@ -125,20 +127,20 @@ class MoE(nn.Module):
             keep = capacity_keep(experts, self.n_expert, capacity)
         return gates, experts, keep, probs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(B, T, C)`` -> ``(output (B, T, C), load-balancing loss (a scalar))``."""
         B, T, C = x.shape
         flat = x.reshape(B * T, C)
         gates, experts, keep, probs = self.route(flat)
-        self.aux_loss = load_balancing_loss(probs, experts, self.alpha)
         self.tokens_per_expert = torch.bincount(experts.reshape(-1), minlength=self.n_expert).detach()
-        self.dropped = int((~keep).sum())
+        self.dropped = (~keep).sum().detach()
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             token, slot = torch.nonzero((experts == e) & keep, as_tuple=True)
             if token.numel():
                 # each expert computes only the tokens routed to it
                 out.index_add_(0, token, gates[token, slot, None] * expert(flat[token]))
-        return out.view(B, T, C)
+        return out.view(B, T, C), load_balancing_loss(probs, experts, self.alpha)
 
 
 def moe_dense_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptcourse.generate import apply_repetition_penalty, filter_logits, generate
+from gptcourse.generate import apply_repetition_penalty, context_start, filter_logits, generate
 from gptcourse.model import GPT, GPTConfig
 
 
@@ -21,10 +21,25 @@ def test_greedy_is_identical_with_and_without_the_cache_even_past_block_size(mod
     cached = generate(model, idx, 30, temperature=0, use_cache=True)  # 35 > block_size: cropping
     plain = generate(model, idx, 30, temperature=0, use_cache=False)
     assert cached.shape == (3, 35) and torch.equal(cached, plain) and torch.equal(cached[:, :5], idx)
-    # greedy really is the arg-max of the full forward pass at every step
-    for t in range(5, 16):
-        logits, _ = model(cached[:, :t])
+    # greedy really is the arg-max of a full forward pass over the context at every step: the whole
+    # sequence while it fits, then (past block_size = 16) the window that context_start keeps
+    start = 0
+    for t in range(5, 35):
+        start = context_start(start, t, 16)
+        logits, _ = model(cached[:, start:t])
         assert torch.equal(logits[:, -1].argmax(-1), cached[:, t])
+
+
+def test_the_context_keeps_its_last_half_when_it_fills_up():
+    starts, start = [], 0
+    for length in range(1, 41):
+        start = context_start(start, length, 16)
+        starts.append(start)
+    assert starts[:16] == [0] * 16  # the first 16 tokens fit
+    assert starts[16] == 17 - 8 and starts[16:25] == [9] * 9  # token 17 overflows: keep the last 8, then grow
+    assert starts[25] == 26 - 8  # full again at 16 + 9 = 25 tokens
+    assert all(length - s <= 16 for length, s in zip(range(1, 41), starts))
+    assert context_start(0, 2, 1) == 1  # a one-token window keeps one token
 
 
 def test_temperature_zero_is_deterministic_and_sampling_follows_the_generator(model):
@@ -105,3 +120,10 @@ def test_bad_context_raises(model):
         generate(model, torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="temperature"):
         filter_logits(torch.randn(1, 5), temperature=0)
+
+
+def test_generate_restores_training_mode_when_the_model_raises(model):
+    model.train()
+    with pytest.raises(IndexError):
+        generate(model, torch.full((1, 3), 99), 2)  # 99 is outside the vocabulary of 31
+    assert model.training

@@ -10,7 +10,7 @@ import torch
 
 from gptcourse.attention import KVCache
 from gptcourse.generate import generate
-from gptcourse.model import GPT, PRESETS, Block, GPTConfig, count_params, preset_config
+from gptcourse.model import GPT, PRESETS, Block, GPTConfig, PostNormBlock, count_params, make_block, preset_config
 
 TINY = dict(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
@@ -32,21 +32,33 @@ def test_config_rejects_width_not_divisible_by_heads():
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_block_keeps_shape_and_is_causal(norm):
     torch.manual_seed(0)
-    block = Block(GPTConfig(**TINY, norm=norm)).eval()
+    block = make_block(GPTConfig(**TINY, norm=norm)).eval()
     x = torch.randn(3, 8, 16)
-    y = block(x)
-    assert y.shape == x.shape
+    y, aux = block(x)
+    assert y.shape == x.shape and aux is None  # a dense MLP has no auxiliary loss
     x2 = x.clone()
     x2[:, 5:] = torch.randn(3, 3, 16)  # changing the future must not change the past
-    torch.testing.assert_close(block(x2)[:, :5], y[:, :5])
-    assert not torch.allclose(block(x2)[:, 5:], y[:, 5:])
+    torch.testing.assert_close(block(x2)[0][:, :5], y[:, :5])
+    assert not torch.allclose(block(x2)[0][:, 5:], y[:, 5:])
+
+
+def test_block_classes_are_chosen_by_config_norm():
+    assert type(make_block(GPTConfig(**TINY, norm="pre"))) is Block
+    assert type(make_block(GPTConfig(**TINY, norm="post"))) is PostNormBlock
+    with pytest.raises(ValueError, match="make_block"):
+        Block(GPTConfig(**TINY, norm="post"))
+    with pytest.raises(ValueError, match="make_block"):
+        PostNormBlock(GPTConfig(**TINY, norm="pre"))
+    # both placements hold the same parameters, so one's weights load into the other
+    pre, post = make_block(GPTConfig(**TINY, norm="pre")), make_block(GPTConfig(**TINY, norm="post"))
+    post.load_state_dict(pre.state_dict(), strict=True)
 
 
 def test_post_ln_block_output_is_normalised_and_pre_ln_is_not():
     torch.manual_seed(0)
     x = 3 * torch.randn(2, 8, 16) + 1
-    post = Block(GPTConfig(**TINY, norm="post")).eval()(x)
-    pre = Block(GPTConfig(**TINY, norm="pre")).eval()(x)
+    post, _ = make_block(GPTConfig(**TINY, norm="post")).eval()(x)
+    pre, _ = make_block(GPTConfig(**TINY, norm="pre")).eval()(x)
     torch.testing.assert_close(post.mean(-1), torch.zeros(2, 8), atol=1e-5, rtol=0)
     assert pre.std(-1).mean() > 2  # the residual stream passes through un-normalised
 

@@ -75,10 +75,10 @@ def test_dropped_tokens_are_counted_and_skip_the_layer():
         moe.router.w_g.weight[0, 0] = 10.0
     x = torch.randn(2, 8, 16)
     x[..., 0] = 1.0
-    y = moe(x)
+    y, _ = moe(x)
     capacity = expert_capacity(16, 4, 1, 1.0)
     assert moe.tokens_per_expert.tolist() == [16, 0, 0, 0]
-    assert moe.dropped == 16 - capacity
+    assert moe.dropped.item() == 16 - capacity
     flat = y.view(16, 16)
     assert (flat[capacity:] == 0).all() and (flat[:capacity].abs().sum(-1) > 0).all()
 
@@ -88,11 +88,12 @@ def test_sparse_moe_equals_dense_reference(k, capacity_factor):
     torch.manual_seed(k)
     moe = MoE(config(n_expert=5, expert_top_k=k, capacity_factor=capacity_factor)).eval()
     x = torch.randn(3, 7, 16)
-    y = moe(x)
+    y, aux = moe(x)
     expected = moe_dense_reference(moe, x)
+    gates, experts, keep, probs = moe.route(x.view(-1, 16))
+    torch.testing.assert_close(aux, load_balancing_loss(probs, experts, moe.alpha))  # the loss of this very pass
     assert (y - expected).abs().max().item() <= 1e-6
     # and the reference, written out for one token, is the gate-weighted sum of its experts
-    gates, experts, keep, _ = moe.route(x.view(-1, 16))
     token = x.view(-1, 16)[4]
     by_hand = sum(gates[4, s] * keep[4, s] * moe.experts[experts[4, s]](token) for s in range(k))
     torch.testing.assert_close(expected.view(-1, 16)[4], by_hand, atol=1e-6, rtol=1e-5)
@@ -103,7 +104,7 @@ def test_sparse_moe_gradients_equal_dense_reference():
     moe = MoE(config(n_expert=4, expert_top_k=2))
     x = torch.randn(2, 5, 16)
     grads = []
-    for forward in (moe, lambda t: moe_dense_reference(moe, t)):
+    for forward in (lambda t: moe(t)[0], lambda t: moe_dense_reference(moe, t)):
         moe.zero_grad()
         forward(x).square().sum().backward()
         grads.append([p.grad.clone() for p in moe.parameters()])
@@ -124,7 +125,13 @@ def test_moe_gpt_adds_the_aux_loss_in_training_only():
     idx = torch.randint(0, 17, (2, 16))
     logits, loss = model(idx, idx)
     ce = torch.nn.functional.cross_entropy(logits.view(-1, 17), idx.view(-1))
-    aux = torch.stack([b.mlp.aux_loss for b in model.transformer.h]).mean()
+    # the mean over layers of each MoE layer's own loss on its own input
+    layer_losses = []
+    hooks = [b.mlp.register_forward_hook(lambda m, args, out: layer_losses.append(out[1])) for b in model.transformer.h]
+    model(idx, idx)
+    for hook in hooks:
+        hook.remove()
+    aux = torch.stack(layer_losses).mean()
     torch.testing.assert_close(model.aux_loss, aux)
     torch.testing.assert_close(loss, ce + aux)
     assert model.aux_loss.item() >= 0.01 - 1e-6  # alpha is the minimum over routings

@@ -90,7 +90,10 @@ def test_config_rejects_bad_sparse_settings(field, value):
 def test_alternating_is_dense_then_local():
     cfg = config(attention="alternating", n_layer=4)
     assert [cfg.layer_attention(i) for i in range(4)] == ["dense", "local", "dense", "local"]
-    assert [GPT(cfg).transformer.h[i].attn_mask(5, None, "cpu") is None for i in range(4)] == [True, False] * 2
+    masks = GPT(cfg).attention_masks(5, 5, "cpu")
+    assert [m is None for m in masks] == [True, False] * 2
+    assert masks[1] is masks[3]  # built once per forward, shared by the layers of one pattern
+    torch.testing.assert_close(masks[1], local_mask(5, cfg.attn_window))
 
 
 @pytest.mark.parametrize("attention_kind", ["local", "strided", "alternating"])

@@ -80,7 +80,7 @@ def check_cache_bytes(kv_cache_bytes: Callable[..., Any], trials: int = 10) -> N
         cache = ref.KVCache(n_layer)
         for layer in range(n_layer):
             kv = torch.zeros(batch_size, n_kv_head, seq_len, head_dim, dtype=dtype)
-            cache.update(layer, kv, kv.clone())
+            cache.layer(layer).update(kv, kv.clone())
         what = (f"kv_cache_bytes(n_layer={n_layer}, n_kv_head={n_kv_head}, head_dim={head_dim}, "
                 f"seq_len={seq_len}, batch_size={batch_size}, bytes_per_value={bpv})")
         got = call_learner(what, kv_cache_bytes, n_layer, n_kv_head, head_dim, seq_len, batch_size, bpv)

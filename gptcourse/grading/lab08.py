@@ -72,8 +72,8 @@ def check_forward(gpt_forward: Callable[..., torch.Tensor], trials: int = 4) -> 
             got = call_learner(what, gpt_forward, model, idx)
         expect_shape(what, got, (B, T, c.vocab_size))
         expect_close(what, got, expected, atol=1e-5, rtol=1e-4,
-                     hint="h0 = embed(model, idx); every block in order; ln_f only if model.config.final_norm; "
-                          "then h @ wte.weight.T")
+                     hint="h0 = embed(model, idx); every block in order (keep the first of the pair it "
+                          "returns); ln_f only if model.config.final_norm; then h @ wte.weight.T")
 
 
 @exercise("lab08.count_params")
