@@ -43,6 +43,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from gptcourse.data import get_batch
+from gptcourse.hardware import peak_flops
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -103,34 +104,6 @@ class History:
     elapsed: list[float] = field(default_factory=list)  # wall seconds since the start, per evaluation
     tokens_per_s: list[float] = field(default_factory=list)  # training throughput since the last evaluation
     mfu: list[float | None] = field(default_factory=list)  # model FLOPs utilisation (None: peak unknown)
-
-
-# Dense (no sparsity) peak tensor-core throughput from NVIDIA's datasheets, in FLOP/s, for the
-# precision used in training. H100 SXM: 989 TFLOPS bf16/fp16 (H100 datasheet; the PCIe card is
-# 756); H200: 989 (same GH100 compute); A100: 312 bf16/fp16 (A100 datasheet); L4: 121 bf16
-# (242 with sparsity); A10G / A10: 125 bf16 (A10 datasheet); T4: 65 fp16 (T4 datasheet);
-# V100: 125 fp16 (V100 SXM2 datasheet). fp32 runs use the matching non-tensor-core figures.
-PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H100 PCIe": {"half": 756e12, "fp32": 51e12},
-    "H100": {"half": 989e12, "fp32": 67e12},
-    "H200": {"half": 989e12, "fp32": 67e12},
-    "A100": {"half": 312e12, "fp32": 19.5e12},
-    "L4": {"half": 121e12, "fp32": 30.3e12},
-    "A10": {"half": 125e12, "fp32": 31.2e12},
-    "T4": {"half": 65e12, "fp32": 8.1e12},
-    "V100": {"half": 125e12, "fp32": 15.7e12},
-}
-
-
-def peak_flops(device_name: str, precision: str) -> float | None:
-    """The datasheet peak FLOP/s of a GPU named like ``torch.cuda.get_device_name()`` (e.g.
-    ``"NVIDIA H100 80GB HBM3"``) at ``precision`` (``"bf16"``, ``"fp16"`` or ``"fp32"``);
-    ``None`` when the device is not in :data:`PEAK_FLOPS` (CPUs, Apple GPUs)."""
-    kind = "fp32" if precision == "fp32" else "half"
-    for name, peaks in PEAK_FLOPS.items():  # "H100 PCIe" is listed before "H100" on purpose
-        if all(part in device_name for part in name.split()):
-            return peaks[kind]
-    return None
 
 
 def flops_per_token(model: torch.nn.Module) -> float:
