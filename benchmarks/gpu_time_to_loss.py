@@ -36,7 +36,8 @@ def main() -> int:
 
     from gptcourse.hardware import peak_flops
     from gptcourse.model import GPT, GPTConfig
-    from gptcourse.train import TrainConfig, prepare_data, preset, resolve_precision, train
+    from gptcourse.run import prepare_data, preset
+    from gptcourse.train import TrainConfig, resolve_precision, train
 
     model_kw, train_kw = preset("shakespeare-char", "gpu")
     train_kw.update(eval_iters=args.eval_iters, compile=not args.no_compile)

@@ -31,7 +31,7 @@ def test_setup_prints_device_and_size(monkeypatch, capsys):
     monkeypatch.setenv(hardware.SIZE_ENV, "smoke")
     device, size = hardware.setup(seed=0)
     out = capsys.readouterr().out
-    assert size == "smoke" and f"size: smoke" in out and "device:" in out
+    assert size == "smoke" and "size: smoke" in out and "device:" in out
     assert device in ("cuda", "mps", "cpu")
     a = torch.rand(3)
     hardware.setup(seed=0)

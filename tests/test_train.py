@@ -1,5 +1,5 @@
 """The trainer: schedule, decay groups, clipping, accumulation, precision, checkpoints with exact
-resume, MFU bookkeeping, DistributedDataParallel on CPU (gloo, 2 processes) and the command line."""
+resume, MFU bookkeeping and DistributedDataParallel on CPU (gloo, 2 processes)."""
 
 from __future__ import annotations
 
@@ -194,15 +194,3 @@ def test_ddp_on_two_cpu_processes_equals_one_process_with_twice_the_batch(tmp_pa
     single = train(tiny_model(), train_data, val_data, cfg(batch_size=8))
     assert losses[0] == losses[1]  # every process reports the same (all-reduced) loss
     assert losses[0] == pytest.approx(single.train_loss, abs=1e-5)
-
-
-def test_presets_and_the_command_line(shakespeare, capsys, monkeypatch):
-    with pytest.raises(ValueError, match="unknown preset"):
-        T.preset("shakespeare-word", "cpu")
-    model_kw, train_kw = T.preset("shakespeare-char", "gpu")  # nanoGPT's char config
-    assert (model_kw["n_layer"], model_kw["n_head"], model_kw["n_embd"], model_kw["block_size"],
-            train_kw["batch_size"]) == (6, 6, 384, 256, 64)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert T.main(["--preset", "shakespeare-char", "--size", "smoke", "--sample-tokens", "20"]) == 0
-    out = capsys.readouterr().out
-    assert "device:" in out and "preset shakespeare-char | size smoke" in out and "tokens/s" in out
