@@ -47,7 +47,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     nothing mathematically but keeps ``exp`` from overflowing when logits are large.
     """
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits (N, V) and targets (N,), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"expected logits (N, V) and targets (N,), got {tuple(logits.shape)} "
+                         f"and {tuple(targets.shape)}")
     z = logits - logits.max(dim=1, keepdim=True).values
     log_probs = z - z.exp().sum(dim=1, keepdim=True).log()
     return -log_probs.gather(1, targets.long().unsqueeze(1)).mean()
@@ -63,7 +64,8 @@ class BigramLM(nn.Module):
         self.context = 1
         self.table = nn.Parameter(torch.zeros(vocab_size, vocab_size))  # zeros: uniform predictions
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` ``(B, context)`` -> logits ``(B, V)`` (only the last column is read) and the loss."""
         logits = self.table[idx[:, -1]]  # = one_hot(idx[:, -1]) @ table, without building the one-hot
         loss = None if targets is None else F.cross_entropy(logits, targets)
@@ -75,7 +77,8 @@ class MLPLM(nn.Module):
 
     def __init__(self, vocab_size: int, context: int = 3, n_embd: int = 16, n_hidden: int = 128):
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("context", context), ("n_embd", n_embd), ("n_hidden", n_hidden)):
+        sizes = (("vocab_size", vocab_size), ("context", context), ("n_embd", n_embd), ("n_hidden", n_hidden))
+        for name, value in sizes:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"MLPLM {name} must be a positive integer, got {value!r}")
         self.context = context
@@ -86,7 +89,8 @@ class MLPLM(nn.Module):
         nn.init.normal_(self.out.weight, std=0.01)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` ``(B, context)`` -> logits ``(B, V)`` and, given ``targets`` ``(B,)``, the loss."""
         if idx.dim() != 2 or idx.shape[1] != self.context:
             raise ValueError(f"idx must have shape (B, {self.context}), got {tuple(idx.shape)}")
