@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from gptcourse.loops import evaluating, optimizer_step
+
 
 def context_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training pairs from sliding a window over a 1-D tensor of ids: ``x[i] = ids[i : i + context]``
@@ -106,17 +108,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     _, loss = model(x, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
+    optimizer_step(model, optimizer)
     return loss.item()
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
-    """Mean cross-entropy (nats per token) over every pair of ``(x, y)``."""
-    model.eval()
-    total = sum(model(x[i:i + batch_size], y[i:i + batch_size])[1].item() * len(y[i:i + batch_size])
-                for i in range(0, len(y), batch_size))
-    model.train()
+    """Mean cross-entropy (nats per token) over every pair of ``x`` ``(N, context)``, ``y`` ``(N,)``."""
+    with evaluating(model):
+        total = sum(model(x[i:i + batch_size], y[i:i + batch_size])[1].item() * len(y[i:i + batch_size])
+                    for i in range(0, len(y), batch_size))
     return total / len(y)
 
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from gptcourse.data import get_batch
 from gptcourse.hardware import peak_flops
+from gptcourse.loops import evaluating, optimizer_step
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -153,22 +154,19 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - min_lr)
 
 
-@torch.no_grad()
 def estimate_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, iters: int,
                   device: str = "cpu", seed: int = 0,
                   autocast: contextlib.AbstractContextManager | None = None) -> float:
-    """Mean loss over ``iters`` random batches; the same batches every call (a fixed ``seed``),
-    so that two evaluations differ only because the model did."""
-    was_training = model.training
-    model.eval()
+    """Mean loss over ``iters`` random batches ``(batch_size, block_size)`` of the 1-D ``data``; the
+    same batches every call (a fixed ``seed``), so that two evaluations differ only because the model did."""
     generator = torch.Generator().manual_seed(seed)
     block_size = model.config.block_size
     losses = []
-    for _ in range(iters):
-        x, y = get_batch(data, block_size, batch_size, device, generator)
-        with autocast if autocast is not None else contextlib.nullcontext():
-            losses.append(model(x, y)[1].item())
-    model.train(was_training)
+    with evaluating(model):
+        for _ in range(iters):
+            x, y = get_batch(data, block_size, batch_size, device, generator)
+            with autocast if autocast is not None else contextlib.nullcontext():
+                losses.append(model(x, y)[1].item())
     return sum(losses) / len(losses)
 
 
@@ -198,15 +196,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
             loss = loss / accum_steps
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    optimizer_step(model, optimizer, grad_clip, scaler)
     return float(total)
 
 
