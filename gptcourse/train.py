@@ -173,20 +173,24 @@ def estimate_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, i
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                accum_steps: int = 1, grad_clip: float = 0.0,
                autocast: contextlib.AbstractContextManager | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> float:
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """One optimisation step on the batch ``x, y`` ``(B, T)`` split into ``accum_steps`` micro-batches.
 
     Each micro-batch's loss is divided by ``accum_steps`` before ``backward``, so the summed
     gradient is the gradient of the mean loss over the whole batch (what one big batch would give,
     with 1/accum_steps of the activation memory). Then the global gradient norm is clipped to
-    ``grad_clip`` (0: no clipping) and the optimiser steps. Returns the mean loss of the batch.
-    Under DistributedDataParallel the gradient all-reduce runs only after the last micro-batch.
+    ``grad_clip`` (0: no clipping) and the optimiser steps. Under DistributedDataParallel the
+    gradient all-reduce runs only after the last micro-batch.
+
+    Returns the mean loss of the batch as a detached 0-d tensor on the model's device, not a
+    Python float: reading its value makes the CPU wait for the GPU to finish the step, so the
+    trainer reads a whole window of losses at once, at evaluation time (``float(loss)`` reads one).
     """
     if x.size(0) % accum_steps:
         raise ValueError(f"batch of {x.size(0)} sequences does not split into {accum_steps} micro-batches")
     autocast = autocast if autocast is not None else contextlib.nullcontext()
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total = torch.zeros((), device=x.device)
     for i, (xm, ym) in enumerate(zip(x.chunk(accum_steps), y.chunk(accum_steps))):
         last = i == accum_steps - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
@@ -197,7 +201,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
     optimizer_step(model, optimizer, grad_clip, scaler)
-    return float(total)
+    return total
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -233,6 +237,11 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
     ``callback(step, history)`` runs after every step. Inside a ``torch.distributed`` process
     group the model is wrapped in DistributedDataParallel and each process trains on its slice of
     every batch; all processes return the same history. Returns the :class:`History`.
+
+    The step losses stay on the device until an evaluation (or the end of the run) copies them
+    into ``history.train_loss`` in one go: the loop never makes the CPU wait for the GPU between
+    evaluations, so the CPU can queue the next steps while the GPU runs this one. A ``callback``
+    reads the history, so with a callback the losses are copied after every step.
     """
     rank, world = _distributed()
     precision = resolve_precision(config.precision, device)
@@ -278,6 +287,13 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
     start = time.perf_counter() - (history.elapsed[-1] if history.elapsed else 0.0)
     window_start, window_steps = time.perf_counter(), 0
     end = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
+    pending: list[torch.Tensor] = []  # step losses not yet in the history (summed over processes)
+
+    def record_losses() -> None:  # one device-to-host copy (and one wait) for all the pending steps
+        if pending:
+            history.train_loss.extend(loss / world for loss in torch.stack(pending).tolist())
+            pending.clear()
+
     while step < end:
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
@@ -289,15 +305,14 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = train_step(model, optimizer, x, y, config.grad_accum_steps, config.grad_clip, autocast, scaler)
         if world > 1:  # report the loss of the whole step, the same number on every process
-            loss_t = torch.tensor(loss, device=device)
-            dist.all_reduce(loss_t)
-            loss = loss_t.item() / world
+            dist.all_reduce(loss)
+        pending.append(loss)
         step += 1
         window_steps += 1
-        history.train_loss.append(loss)
         history.lr.append(lr)
         bar.update(1)
         if step % config.eval_interval == 0 or step == config.max_steps:
+            record_losses()  # before the clock is read: the wait for the window's last step counts
             seconds = time.perf_counter() - window_start
             tokens_per_s = window_steps * tokens_per_step / seconds
             history.tokens_per_s.append(tokens_per_s)
@@ -329,6 +344,8 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
             if config.stop_val_loss is not None and history.eval_val_loss[-1] <= config.stop_val_loss:
                 break
         if callback is not None:
+            record_losses()
             callback(step, history)
+    record_losses()
     bar.close()
     return history

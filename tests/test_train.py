@@ -67,7 +67,7 @@ def test_accumulated_gradients_equal_the_full_batch_gradient():
     for accum in (1, 2, 4):
         model = tiny_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: keep the gradients, not the step
-        loss = train_step(model, opt, x, y, accum_steps=accum)
+        loss = train_step(model, opt, x, y, accum_steps=accum).item()
         params[accum] = (loss, [p.grad.clone() for p in model.parameters()])
     for accum in (2, 4):
         assert params[accum][0] == pytest.approx(params[1][0], abs=1e-6)
