@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from gptcourse.data import get_batch
 from gptcourse.hardware import peak_flops
 from gptcourse.loops import evaluating, optimizer_step
+from gptcourse.moe import active_params
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -103,11 +104,12 @@ class History:
 
 
 def flops_per_token(model: torch.nn.Module) -> float:
-    """Training FLOPs per token: ``6 N`` for the matmuls of the ``N`` parameters (forward 2N,
-    backward 4N) plus ``12 L T C`` for attention's scores and weighted sums (PaLM, appendix B)."""
+    """Training FLOPs per token: ``6 N`` for the matmuls of the ``N`` parameters a token uses
+    (forward 2N, backward 4N) plus ``12 L T C`` for attention's scores and weighted sums (PaLM,
+    appendix B). ``N`` counts a mixture of experts' active parameters only: the experts a token
+    is not routed to do no work for it, so counting them would overstate the MFU."""
     cfg = model.config
-    n = sum(p.numel() for p in model.parameters())
-    return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+    return 6 * active_params(model) + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -244,8 +246,9 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
     reads the history, so with a callback the losses are copied after every step.
     """
     rank, world = _distributed()
+    on_cuda = torch.device(device).type == "cuda"
     precision = resolve_precision(config.precision, device)
-    if precision == "bf16" and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU does not support bf16; use precision='fp16' (or 'auto')")
     model.to(device)
     model.train()
@@ -275,9 +278,8 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        on_gpu = torch.device(device).type == "cuda"
-        model = DistributedDataParallel(model, device_ids=[torch.device(device)] if on_gpu else None)
-    peak = peak_flops(torch.cuda.get_device_name(device), precision) if torch.device(device).type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=[torch.device(device)] if on_cuda else None)
+    peak = peak_flops(torch.cuda.get_device_name(device) if on_cuda else str(device), precision)
     model_flops = flops_per_token(raw_model)
     tokens_per_step = config.batch_size * config.grad_accum_steps * world * raw_model.config.block_size
     eval_model = model.module if world > 1 else model  # evaluation needs no gradient sync
@@ -300,7 +302,7 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
             group["lr"] = lr
         x, y = get_batch(train_data, block_size, per_process * world, "cpu", batches)
         x, y = x[rank * per_process:(rank + 1) * per_process], y[rank * per_process:(rank + 1) * per_process]
-        if torch.device(device).type == "cuda":  # pinned memory lets the copy overlap with compute
+        if on_cuda:  # pinned memory lets the copy overlap with compute
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = train_step(model, optimizer, x, y, config.grad_accum_steps, config.grad_clip, autocast, scaler)

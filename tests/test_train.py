@@ -174,6 +174,26 @@ def test_flops_per_token_matches_pytorchs_flop_counter():
     assert T.flops_per_token(model) == pytest.approx(matmuls + L * per_layer, rel=0.01)
 
 
+@pytest.mark.parametrize("ffn", ["mlp", "moe"])
+def test_flops_per_token_and_mfu_count_the_active_parameters_by_hand(ffn, monkeypatch):
+    V, T_, C, L, E, k = 17, 8, 16, 2, 4, 1
+    model = GPT(GPTConfig(vocab_size=V, block_size=T_, n_layer=L, n_head=2, n_embd=C, bias=False,
+                          ffn=ffn, n_expert=E, expert_top_k=k))
+    mlp = 8 * C * C  # C -> 4C -> C, no biases
+    # per layer: 2 LayerNorm gains, q k v and the output projection, then the MLP or the router
+    # and E expert MLPs; plus token and position embeddings (tied with the output) and ln_f
+    layer = 2 * C + 4 * C * C + (mlp if ffn == "mlp" else C * E + E * mlp)
+    total = V * C + T_ * C + L * layer + C
+    assert model.num_params() == total
+    active = total if ffn == "mlp" else total - L * (E - k) * mlp  # a token visits k of the E experts
+    flops = 6 * active + 12 * L * T_ * C
+    assert T.flops_per_token(model) == flops
+    # MFU = tokens/s * FLOPs per token / peak FLOP/s; pretend this CPU is a GPU with a 1 TFLOP/s datasheet
+    monkeypatch.setattr(T, "peak_flops", lambda name, precision: 1e12)
+    h = train(model, *tiny_data(), cfg())
+    assert h.mfu == pytest.approx([tokens_per_s * flops / 1e12 for tokens_per_s in h.tokens_per_s], rel=1e-12)
+
+
 def _ddp_worker(rank: int, world: int, init: str, out: str, train_data, val_data) -> None:
     import torch.distributed as dist
 
