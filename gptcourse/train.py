@@ -8,7 +8,9 @@
   Colab T4), full fp32 on CPU and MPS unless asked otherwise;
 * ``torch.compile`` as an option; attention always goes through
   ``torch.nn.functional.scaled_dot_product_attention`` (the fused kernels, see ``attention.py``);
-* periodic evaluation on held-out data, tokens/s and model FLOPs utilisation (MFU);
+* periodic evaluation on held-out data, tokens/s and model FLOPs utilisation (MFU, counting a
+  mixture of experts' active parameters); the step losses are read back from the device only
+  then, so the CPU never waits for the GPU between evaluations;
 * atomic checkpoints that a run interrupted at any point resumes from exactly (model, optimizer,
   scaler, step, data order, dropout's random state): the resumed run's losses equal those of a run
   that was never interrupted;
