@@ -1,6 +1,6 @@
 """Benchmark 2: wall time to validation loss <= 1.88 on character-level Tiny Shakespeare, 2 CPU cores.
 
-The recipe is the ``shakespeare-char`` preset at its cpu size (``gptcourse.train.preset``): a
+The recipe is the ``shakespeare-char`` preset at its cpu size (``gptcourse.run.preset``): a
 3-layer, 128-wide model on 64-character windows, batch 32, a high peak learning rate (4e-3) with a
 short warmup, and cheap evaluations (10 batches every 100 steps). The clock includes data
 preparation, evaluations and everything else the run does; it stops at the first evaluation whose
@@ -31,7 +31,8 @@ def main() -> None:
     t0 = time.perf_counter()
 
     from gptcourse.model import GPT, GPTConfig
-    from gptcourse.train import TrainConfig, prepare_data, preset, train
+    from gptcourse.run import prepare_data, preset
+    from gptcourse.train import TrainConfig, train
 
     model_kw, train_kw = preset("shakespeare-char", "cpu")
     overrides = {"lr": args.lr, "batch_size": args.batch_size, "max_steps": args.max_steps}

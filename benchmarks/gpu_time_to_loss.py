@@ -5,7 +5,7 @@ The ``shakespeare-char`` preset at its gpu size is nanoGPT's character config (6
 + a gradient scaler on GPUs without bf16), fused AdamW, fused attention (SDPA) and, by default,
 ``torch.compile``. The clock includes compilation and evaluations; the run stops at the first
 evaluation whose validation loss is <= the target. MFU uses the datasheet peak of the device
-(``gptcourse.train.PEAK_FLOPS``). nanoGPT reports val 1.4697 after about 3 minutes on an A100.
+(``gptcourse.hardware.PEAK_FLOPS``). nanoGPT reports val 1.4697 after about 3 minutes on an A100.
 
     python benchmarks/gpu_time_to_loss.py            # refuses to run without a CUDA GPU
 """
@@ -34,8 +34,10 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = True
     t0 = time.perf_counter()
 
+    from gptcourse.hardware import peak_flops
     from gptcourse.model import GPT, GPTConfig
-    from gptcourse.train import TrainConfig, peak_flops, prepare_data, preset, resolve_precision, train
+    from gptcourse.run import prepare_data, preset
+    from gptcourse.train import TrainConfig, resolve_precision, train
 
     model_kw, train_kw = preset("shakespeare-char", "gpu")
     train_kw.update(eval_iters=args.eval_iters, compile=not args.no_compile)

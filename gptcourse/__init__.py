@@ -1,8 +1,10 @@
 """gptcourse: the one package that the course's chapters, labs and solutions share.
 
 Each module holds one concept of the course (see COURSE.md): ``data``, ``tokenizers``, ``ngram``,
-``attention``, ``model``, ``train``, ``generate``, ``plots``, ``widgets``, ``grading``, and
-``hardware`` (which device and which run size a notebook uses).
+``attention``, ``model``, ``train`` (the training loop), ``run`` (named training runs, their data
+and the command line), ``generate``, ``plots``, ``widgets``, ``grading``, ``hardware`` (which
+device and which run size a notebook uses, and GPU peak FLOP/s), and ``loops`` (the evaluation
+mode and the optimiser step that every loop shares).
 
 Conventions fixed here, where the references disagree (each one is tested):
 

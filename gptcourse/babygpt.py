@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from gptcourse.loops import evaluating, optimizer_step
 from gptcourse.model import GPT, GPTConfig
 
 SEQUENCE = "111101111011110"  # the training sequence of the original notebook
@@ -65,13 +66,10 @@ def state_counts(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return counts
 
 
-@torch.no_grad()
 def transition_probs(model: GPT) -> torch.Tensor:
     """``(2**context, 2)``: ``P(next bit | state)`` for every state, read at the last position."""
-    was_training = model.training
-    model.eval()
-    logits, _ = model(all_states(model.config.block_size))
-    model.train(was_training)
+    with evaluating(model):
+        logits, _ = model(all_states(model.config.block_size))
     return F.softmax(logits[:, -1, :], dim=-1)
 
 
@@ -100,7 +98,7 @@ def train_baby_gpt(model: GPT, X: torch.Tensor, Y: torch.Tensor, steps: int = 50
         loss = F.cross_entropy(logits[:, -1, :], Y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        optimizer_step(model, optimizer)
         snapshots.append(transition_probs(model))
         if callback is not None:
             callback(step, loss.item(), snapshots[-1])

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gptcourse.loops import evaluating, optimizer_step
 from gptcourse.model import GPT
 from gptcourse.tokenizers import CharTokenizer
 from gptcourse.train import configure_optimizer
@@ -255,19 +256,16 @@ class FinetuneHistory:
     val_task_loss: float = float("nan")
 
 
-@torch.no_grad()
 def evaluate(model: GPTClassifier, examples: list[Example], tokenizer: TaskTokenizer,
              batch_size: int = 64, device: str = "cpu") -> tuple[float, float]:
     """``(accuracy, mean L2)`` of ``model`` on ``examples``."""
-    was_training = model.training
-    model.eval()
     correct, loss = 0, 0.0
-    for i in range(0, len(examples), batch_size):
-        idx, pos, labels = collate(examples[i : i + batch_size], tokenizer, model.config.block_size, device)
-        logits, _ = model(idx, pos)
-        correct += (logits.argmax(-1) == labels).sum().item()
-        loss += F.cross_entropy(logits, labels, reduction="sum").item()
-    model.train(was_training)
+    with evaluating(model):
+        for i in range(0, len(examples), batch_size):
+            idx, pos, labels = collate(examples[i : i + batch_size], tokenizer, model.config.block_size, device)
+            logits, _ = model(idx, pos)
+            correct += (logits.argmax(-1) == labels).sum().item()
+            loss += F.cross_entropy(logits, labels, reduction="sum").item()
     return correct / len(examples), loss / len(examples)
 
 
@@ -289,8 +287,7 @@ def finetune(model: GPTClassifier, task: SpeakerTask, tokenizer: TaskTokenizer, 
         l3, l2, l1 = combined_loss(class_logits, labels, lm_logits, lm_targets(idx, pos), lam)
         optimizer.zero_grad(set_to_none=True)
         l3.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(model, optimizer, grad_clip=1.0)
         history.loss.append(l3.item())
         history.task_loss.append(l2.item())
         history.lm_loss.append(l1.item())

@@ -1,4 +1,4 @@
-"""Which device a notebook runs on, and at which size.
+"""Which device a notebook runs on, at which size, and how fast that device can compute.
 
 Every notebook that trains runs the same code at three sizes:
 
@@ -9,6 +9,9 @@ Every notebook that trains runs the same code at three sizes:
 Unless ``GPTCOURSE_SIZE`` forces one, the size follows the hardware: CUDA -> ``gpu``, anything
 else (CPU, Apple MPS) -> ``cpu``. Notebooks call :func:`setup` once, which prints the device and
 the size so that a reader can tell which run produced the outputs they are looking at.
+
+:data:`PEAK_FLOPS` holds the datasheet peaks of common GPUs, the denominator of the trainer's model
+FLOPs utilisation (MFU).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ SIZES = ("smoke", "cpu", "gpu")
 SIZE_ENV = "GPTCOURSE_SIZE"
 
 T = TypeVar("T")
-
 
 def get_device() -> str:
     """The best available device: ``"cuda"``, then ``"mps"``, then ``"cpu"``."""
@@ -68,3 +70,31 @@ def setup(seed: int = 1337) -> tuple[str, str]:
     seed_everything(seed)
     print(describe())
     return get_device(), get_size()
+
+
+# Dense (no sparsity) peak tensor-core throughput from NVIDIA's datasheets, in FLOP/s, for the
+# precision used in training. H100 SXM: 989 TFLOPS bf16/fp16 (H100 datasheet; the PCIe card is
+# 756); H200: 989 (same GH100 compute); A100: 312 bf16/fp16 (A100 datasheet); L4: 121 bf16
+# (242 with sparsity); A10G / A10: 125 bf16 (A10 datasheet); T4: 65 fp16 (T4 datasheet);
+# V100: 125 fp16 (V100 SXM2 datasheet). fp32 runs use the matching non-tensor-core figures.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H100 PCIe": {"half": 756e12, "fp32": 51e12},
+    "H100": {"half": 989e12, "fp32": 67e12},
+    "H200": {"half": 989e12, "fp32": 67e12},
+    "A100": {"half": 312e12, "fp32": 19.5e12},
+    "L4": {"half": 121e12, "fp32": 30.3e12},
+    "A10": {"half": 125e12, "fp32": 31.2e12},
+    "T4": {"half": 65e12, "fp32": 8.1e12},
+    "V100": {"half": 125e12, "fp32": 15.7e12},
+}
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """The datasheet peak FLOP/s of a GPU named like ``torch.cuda.get_device_name()`` (e.g.
+    ``"NVIDIA H100 80GB HBM3"``) at ``precision`` (``"bf16"``, ``"fp16"`` or ``"fp32"``);
+    ``None`` when the device is not in :data:`PEAK_FLOPS` (CPUs, Apple GPUs)."""
+    kind = "fp32" if precision == "fp32" else "half"
+    for name, peaks in PEAK_FLOPS.items():  # "H100 PCIe" is listed before "H100" on purpose
+        if all(part in device_name for part in name.split()):
+            return peaks[kind]
+    return None

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from gptcourse.loops import evaluating, optimizer_step
 from gptcourse.tokenizers import CharTokenizer
 
 LETTERS = "abcdef"
@@ -107,24 +108,20 @@ def pretrain(model: torch.nn.Module, words: Sequence[str], steps: int, batch_siz
         _, loss = model(x.to(device), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(model, optimizer, grad_clip=1.0)
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     return losses
 
 
-@torch.no_grad()
 def loss_by_demonstration(model: torch.nn.Module, words: Sequence[str], n_demos: int = 9, batch_size: int = 256,
                           seed: int = 0, device: str = "cpu") -> list[float]:
     """Mean cross-entropy of the *output* characters of demonstration ``j`` (``j = 0 .. n_demos-1``)
     on fresh sequences of ``words``: how much the ``j`` demonstrations before it help."""
     x, y = training_batch(words, batch_size, n_demos, random.Random(seed))
-    was_training = model.training
-    model.eval()
-    logits, _ = model(x.to(device))
-    model.train(was_training)
+    with evaluating(model):
+        logits, _ = model(x.to(device))
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none")  # (B, T)
     # y[:, t] is character t + 1 of the sequence; the outputs of demo j are characters j*L + W+1 .. j*L + 2W
     L = demo_length()
@@ -137,7 +134,6 @@ def prompt(task: str, demos: Sequence[str], query: str) -> str:
     return "".join(demonstration(task, w) for w in demos) + query + ARROW
 
 
-@torch.no_grad()
 def few_shot_accuracy(model: torch.nn.Module, task: str, k: int, words: Sequence[str], n: int = 200,
                       seed: int = 0, device: str = "cpu") -> float:
     """Exact-match accuracy of greedy outputs on ``n`` queries drawn from ``words``, each with ``k``
@@ -151,12 +147,10 @@ def few_shot_accuracy(model: torch.nn.Module, task: str, k: int, words: Sequence
     queries = [rng.choice(words) for _ in range(n)]
     prompts = [prompt(task, rng.sample([w for w in words if w != q], k), q) for q in queries]
     idx = torch.tensor([tok.encode(p) for p in prompts], device=device)
-    was_training = model.training
-    model.eval()
-    for _ in range(WORD_LEN):  # all prompts have the same length: one batch, no padding
-        logits, _ = model(idx)
-        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    model.train(was_training)
+    with evaluating(model):
+        for _ in range(WORD_LEN):  # all prompts have the same length: one batch, no padding
+            logits, _ = model(idx)
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     outputs = [tok.decode(row[-WORD_LEN:].tolist()) for row in idx]
     return sum(o == TASKS[task](q) for o, q in zip(outputs, queries)) / n
 

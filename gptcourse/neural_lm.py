@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from gptcourse.loops import evaluating, optimizer_step
+
 
 def context_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training pairs from sliding a window over a 1-D tensor of ids: ``x[i] = ids[i : i + context]``
@@ -47,7 +49,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     nothing mathematically but keeps ``exp`` from overflowing when logits are large.
     """
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits (N, V) and targets (N,), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"expected logits (N, V) and targets (N,), got {tuple(logits.shape)} "
+                         f"and {tuple(targets.shape)}")
     z = logits - logits.max(dim=1, keepdim=True).values
     log_probs = z - z.exp().sum(dim=1, keepdim=True).log()
     return -log_probs.gather(1, targets.long().unsqueeze(1)).mean()
@@ -63,7 +66,8 @@ class BigramLM(nn.Module):
         self.context = 1
         self.table = nn.Parameter(torch.zeros(vocab_size, vocab_size))  # zeros: uniform predictions
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` ``(B, context)`` -> logits ``(B, V)`` (only the last column is read) and the loss."""
         logits = self.table[idx[:, -1]]  # = one_hot(idx[:, -1]) @ table, without building the one-hot
         loss = None if targets is None else F.cross_entropy(logits, targets)
@@ -75,7 +79,8 @@ class MLPLM(nn.Module):
 
     def __init__(self, vocab_size: int, context: int = 3, n_embd: int = 16, n_hidden: int = 128):
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("context", context), ("n_embd", n_embd), ("n_hidden", n_hidden)):
+        sizes = (("vocab_size", vocab_size), ("context", context), ("n_embd", n_embd), ("n_hidden", n_hidden))
+        for name, value in sizes:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"MLPLM {name} must be a positive integer, got {value!r}")
         self.context = context
@@ -86,7 +91,8 @@ class MLPLM(nn.Module):
         nn.init.normal_(self.out.weight, std=0.01)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` ``(B, context)`` -> logits ``(B, V)`` and, given ``targets`` ``(B,)``, the loss."""
         if idx.dim() != 2 or idx.shape[1] != self.context:
             raise ValueError(f"idx must have shape (B, {self.context}), got {tuple(idx.shape)}")
@@ -102,17 +108,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     _, loss = model(x, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
+    optimizer_step(model, optimizer)
     return loss.item()
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
-    """Mean cross-entropy (nats per token) over every pair of ``(x, y)``."""
-    model.eval()
-    total = sum(model(x[i:i + batch_size], y[i:i + batch_size])[1].item() * len(y[i:i + batch_size])
-                for i in range(0, len(y), batch_size))
-    model.train()
+    """Mean cross-entropy (nats per token) over every pair of ``x`` ``(N, context)``, ``y`` ``(N,)``."""
+    with evaluating(model):
+        total = sum(model(x[i:i + batch_size], y[i:i + batch_size])[1].item() * len(y[i:i + batch_size])
+                    for i in range(0, len(y), batch_size))
     return total / len(y)
 
 

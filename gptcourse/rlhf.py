@@ -26,7 +26,6 @@ from __future__ import annotations
 import difflib
 import random
 import string
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 
 from gptcourse.finetune import hidden_and_logits
 from gptcourse.generate import generate
+from gptcourse.loops import evaluating, optimizer_step
 from gptcourse.model import GPT
 from gptcourse.tokenizers import CharTokenizer
 from gptcourse.train import configure_optimizer
@@ -134,14 +134,12 @@ def response_logprobs(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> t
 # --------------------------------------------------------------------------- 1. supervised fine-tuning
 
 
-def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip_params: Iterable[nn.Parameter] | None = None) -> float:
-    """One optimiser step on ``loss`` (gradient norm clipped to 1 over ``clip_params`` when given);
-    returns the loss value. The update every stage of this module shares."""
+def _update(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float = 0.0) -> float:
+    """One optimiser step of ``model`` on ``loss`` (global gradient norm clipped to ``grad_clip``,
+    0: no clipping); returns the loss value. The update every stage of this module shares."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if clip_params is not None:
-        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
-    optimizer.step()
+    optimizer_step(model, optimizer, grad_clip)
     return loss.item()
 
 
@@ -155,7 +153,7 @@ def sft(model: GPT, pairs: list[tuple[str, str]], steps: int, batch_size: int = 
     for _ in tqdm(range(steps), disable=not progress, desc="SFT"):
         idx, targets, _ = encode_pairs(rng.sample(pairs, min(batch_size, len(pairs))), tok, device)
         _, loss = model(idx, targets)
-        losses.append(_update(optimizer, loss))
+        losses.append(_update(model, optimizer, loss))
     return losses
 
 
@@ -252,16 +250,15 @@ def train_reward_model(rm: RewardModel, comparisons: list[Comparison], steps: in
         batch = rng.sample(comparisons, min(batch_size, len(comparisons)))
         r = rm.score([(c.prompt, c.chosen) for c in batch] + [(c.prompt, c.rejected) for c in batch], device)
         loss = preference_loss(r[: len(batch)], r[len(batch) :])
-        losses.append(_update(optimizer, loss))
+        losses.append(_update(rm, optimizer, loss))
     return losses
 
 
-@torch.no_grad()
 def preference_accuracy(rm: RewardModel, comparisons: list[Comparison], device: str = "cpu") -> float:
     """How often the reward model ranks the labeller's preferred response higher."""
-    rm.eval()
-    r = rm.score([(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons], device)
-    rm.train()
+    with evaluating(rm):
+        r = rm.score([(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons],
+                     device)
     n = len(comparisons)
     return (r[:n] > r[n:]).float().mean().item()
 
@@ -298,6 +295,7 @@ def ppo(policy: GPT, reference: GPT, rm: RewardModel, prompts: list[str], iterat
     tok, rng = tokenizer(), random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer = configure_optimizer(policy, lr, 0.0)
+    policy.train()
     reference.eval()
     rm.eval()
     history = PPOHistory()
@@ -307,17 +305,16 @@ def ppo(policy: GPT, reference: GPT, rm: RewardModel, prompts: list[str], iterat
         pairs = list(zip(batch, responses))
         idx, targets, last = encode_pairs(pairs, tok, device)
         mask = (targets >= 0).float()
-        with torch.no_grad():
-            policy.eval()
+        with evaluating(policy):  # π_old without dropout: the policy the samples were drawn from
             old_logp = response_logprobs(policy, idx, targets)
-            policy.train()
+        with torch.no_grad():
             kl = (old_logp - response_logprobs(reference, idx, targets)).sum(-1)  # (B,)
             reward = rm(idx, last)
             total = reward - beta * kl
             advantages = (total - total.mean()) / (total.std() + 1e-8)
         for _ in range(epochs):
             loss = ppo_loss(response_logprobs(policy, idx, targets), old_logp, advantages, mask, clip)
-            _update(optimizer, loss, policy.parameters())
+            _update(policy, optimizer, loss, grad_clip=1.0)
         history.reward.append(reward.mean().item())
         history.kl.append(kl.mean().item())
         history.true_score.append(sum(labeller_score(p, r) for p, r in pairs) / len(pairs))

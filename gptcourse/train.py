@@ -8,7 +8,9 @@
   Colab T4), full fp32 on CPU and MPS unless asked otherwise;
 * ``torch.compile`` as an option; attention always goes through
   ``torch.nn.functional.scaled_dot_product_attention`` (the fused kernels, see ``attention.py``);
-* periodic evaluation on held-out data, tokens/s and model FLOPs utilisation (MFU);
+* periodic evaluation on held-out data, tokens/s and model FLOPs utilisation (MFU, counting a
+  mixture of experts' active parameters); the step losses are read back from the device only
+  then, so the CPU never waits for the GPU between evaluations;
 * atomic checkpoints that a run interrupted at any point resumes from exactly (model, optimizer,
   scaler, step, data order, dropout's random state): the resumed run's losses equal those of a run
   that was never interrupted;
@@ -19,20 +21,15 @@ from one seeded generator, and each process trains on its own slice of them. So 
 with batch 8, one process accumulating 2 micro-batches of 8, and one process with batch 16 see
 the same 16 windows per step and compute the same update (up to float rounding; tested).
 
-Command line (``python -m gptcourse.train --help``)::
-
-    python -m gptcourse.train --preset shakespeare-char            # size follows the hardware
-    python -m gptcourse.train --preset shakespeare-char --size cpu --max-steps 500
-    torchrun --nproc_per_node=2 -m gptcourse.train --preset shakespeare-char
+The named runs (presets), their data and the command line that drive this loop are in
+:mod:`gptcourse.run` (``python -m gptcourse.run --preset shakespeare-char``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +40,9 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from gptcourse.data import get_batch
+from gptcourse.hardware import peak_flops
+from gptcourse.loops import evaluating, optimizer_step
+from gptcourse.moe import active_params
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -105,40 +105,13 @@ class History:
     mfu: list[float | None] = field(default_factory=list)  # model FLOPs utilisation (None: peak unknown)
 
 
-# Dense (no sparsity) peak tensor-core throughput from NVIDIA's datasheets, in FLOP/s, for the
-# precision used in training. H100 SXM: 989 TFLOPS bf16/fp16 (H100 datasheet; the PCIe card is
-# 756); H200: 989 (same GH100 compute); A100: 312 bf16/fp16 (A100 datasheet); L4: 121 bf16
-# (242 with sparsity); A10G / A10: 125 bf16 (A10 datasheet); T4: 65 fp16 (T4 datasheet);
-# V100: 125 fp16 (V100 SXM2 datasheet). fp32 runs use the matching non-tensor-core figures.
-PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H100 PCIe": {"half": 756e12, "fp32": 51e12},
-    "H100": {"half": 989e12, "fp32": 67e12},
-    "H200": {"half": 989e12, "fp32": 67e12},
-    "A100": {"half": 312e12, "fp32": 19.5e12},
-    "L4": {"half": 121e12, "fp32": 30.3e12},
-    "A10": {"half": 125e12, "fp32": 31.2e12},
-    "T4": {"half": 65e12, "fp32": 8.1e12},
-    "V100": {"half": 125e12, "fp32": 15.7e12},
-}
-
-
-def peak_flops(device_name: str, precision: str) -> float | None:
-    """The datasheet peak FLOP/s of a GPU named like ``torch.cuda.get_device_name()`` (e.g.
-    ``"NVIDIA H100 80GB HBM3"``) at ``precision`` (``"bf16"``, ``"fp16"`` or ``"fp32"``);
-    ``None`` when the device is not in :data:`PEAK_FLOPS` (CPUs, Apple GPUs)."""
-    kind = "fp32" if precision == "fp32" else "half"
-    for name, peaks in PEAK_FLOPS.items():  # "H100 PCIe" is listed before "H100" on purpose
-        if all(part in device_name for part in name.split()):
-            return peaks[kind]
-    return None
-
-
 def flops_per_token(model: torch.nn.Module) -> float:
-    """Training FLOPs per token: ``6 N`` for the matmuls of the ``N`` parameters (forward 2N,
-    backward 4N) plus ``12 L T C`` for attention's scores and weighted sums (PaLM, appendix B)."""
+    """Training FLOPs per token: ``6 N`` for the matmuls of the ``N`` parameters a token uses
+    (forward 2N, backward 4N) plus ``12 L T C`` for attention's scores and weighted sums (PaLM,
+    appendix B). ``N`` counts a mixture of experts' active parameters only: the experts a token
+    is not routed to do no work for it, so counting them would overstate the MFU."""
     cfg = model.config
-    n = sum(p.numel() for p in model.parameters())
-    return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+    return 6 * active_params(model) + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -185,42 +158,43 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - min_lr)
 
 
-@torch.no_grad()
 def estimate_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, iters: int,
                   device: str = "cpu", seed: int = 0,
                   autocast: contextlib.AbstractContextManager | None = None) -> float:
-    """Mean loss over ``iters`` random batches; the same batches every call (a fixed ``seed``),
-    so that two evaluations differ only because the model did."""
-    was_training = model.training
-    model.eval()
+    """Mean loss over ``iters`` random batches ``(batch_size, block_size)`` of the 1-D ``data``; the
+    same batches every call (a fixed ``seed``), so that two evaluations differ only because the model did."""
     generator = torch.Generator().manual_seed(seed)
     block_size = model.config.block_size
     losses = []
-    for _ in range(iters):
-        x, y = get_batch(data, block_size, batch_size, device, generator)
-        with autocast if autocast is not None else contextlib.nullcontext():
-            losses.append(model(x, y)[1].item())
-    model.train(was_training)
+    with evaluating(model):
+        for _ in range(iters):
+            x, y = get_batch(data, block_size, batch_size, device, generator)
+            with autocast if autocast is not None else contextlib.nullcontext():
+                losses.append(model(x, y)[1].item())
     return sum(losses) / len(losses)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                accum_steps: int = 1, grad_clip: float = 0.0,
                autocast: contextlib.AbstractContextManager | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> float:
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """One optimisation step on the batch ``x, y`` ``(B, T)`` split into ``accum_steps`` micro-batches.
 
     Each micro-batch's loss is divided by ``accum_steps`` before ``backward``, so the summed
     gradient is the gradient of the mean loss over the whole batch (what one big batch would give,
     with 1/accum_steps of the activation memory). Then the global gradient norm is clipped to
-    ``grad_clip`` (0: no clipping) and the optimiser steps. Returns the mean loss of the batch.
-    Under DistributedDataParallel the gradient all-reduce runs only after the last micro-batch.
+    ``grad_clip`` (0: no clipping) and the optimiser steps. Under DistributedDataParallel the
+    gradient all-reduce runs only after the last micro-batch.
+
+    Returns the mean loss of the batch as a detached 0-d tensor on the model's device, not a
+    Python float: reading its value makes the CPU wait for the GPU to finish the step, so the
+    trainer reads a whole window of losses at once, at evaluation time (``float(loss)`` reads one).
     """
     if x.size(0) % accum_steps:
         raise ValueError(f"batch of {x.size(0)} sequences does not split into {accum_steps} micro-batches")
     autocast = autocast if autocast is not None else contextlib.nullcontext()
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total = torch.zeros((), device=x.device)
     for i, (xm, ym) in enumerate(zip(x.chunk(accum_steps), y.chunk(accum_steps))):
         last = i == accum_steps - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
@@ -230,16 +204,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
             loss = loss / accum_steps
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return float(total)
+    optimizer_step(model, optimizer, grad_clip, scaler)
+    return total
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -275,10 +241,16 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
     ``callback(step, history)`` runs after every step. Inside a ``torch.distributed`` process
     group the model is wrapped in DistributedDataParallel and each process trains on its slice of
     every batch; all processes return the same history. Returns the :class:`History`.
+
+    The step losses stay on the device until an evaluation (or the end of the run) copies them
+    into ``history.train_loss`` in one go: the loop never makes the CPU wait for the GPU between
+    evaluations, so the CPU can queue the next steps while the GPU runs this one. A ``callback``
+    reads the history, so with a callback the losses are copied after every step.
     """
     rank, world = _distributed()
+    on_cuda = torch.device(device).type == "cuda"
     precision = resolve_precision(config.precision, device)
-    if precision == "bf16" and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU does not support bf16; use precision='fp16' (or 'auto')")
     model.to(device)
     model.train()
@@ -308,9 +280,8 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        on_gpu = torch.device(device).type == "cuda"
-        model = DistributedDataParallel(model, device_ids=[torch.device(device)] if on_gpu else None)
-    peak = peak_flops(torch.cuda.get_device_name(device), precision) if torch.device(device).type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=[torch.device(device)] if on_cuda else None)
+    peak = peak_flops(torch.cuda.get_device_name(device) if on_cuda else str(device), precision)
     model_flops = flops_per_token(raw_model)
     tokens_per_step = config.batch_size * config.grad_accum_steps * world * raw_model.config.block_size
     eval_model = model.module if world > 1 else model  # evaluation needs no gradient sync
@@ -320,26 +291,32 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
     start = time.perf_counter() - (history.elapsed[-1] if history.elapsed else 0.0)
     window_start, window_steps = time.perf_counter(), 0
     end = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
+    pending: list[torch.Tensor] = []  # step losses not yet in the history (summed over processes)
+
+    def record_losses() -> None:  # one device-to-host copy (and one wait) for all the pending steps
+        if pending:
+            history.train_loss.extend(loss / world for loss in torch.stack(pending).tolist())
+            pending.clear()
+
     while step < end:
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = get_batch(train_data, block_size, per_process * world, "cpu", batches)
         x, y = x[rank * per_process:(rank + 1) * per_process], y[rank * per_process:(rank + 1) * per_process]
-        if torch.device(device).type == "cuda":  # pinned memory lets the copy overlap with compute
+        if on_cuda:  # pinned memory lets the copy overlap with compute
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = train_step(model, optimizer, x, y, config.grad_accum_steps, config.grad_clip, autocast, scaler)
         if world > 1:  # report the loss of the whole step, the same number on every process
-            loss_t = torch.tensor(loss, device=device)
-            dist.all_reduce(loss_t)
-            loss = loss_t.item() / world
+            dist.all_reduce(loss)
+        pending.append(loss)
         step += 1
         window_steps += 1
-        history.train_loss.append(loss)
         history.lr.append(lr)
         bar.update(1)
         if step % config.eval_interval == 0 or step == config.max_steps:
+            record_losses()  # before the clock is read: the wait for the window's last step counts
             seconds = time.perf_counter() - window_start
             tokens_per_s = window_steps * tokens_per_step / seconds
             history.tokens_per_s.append(tokens_per_s)
@@ -371,131 +348,8 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
             if config.stop_val_loss is not None and history.eval_val_loss[-1] <= config.stop_val_loss:
                 break
         if callback is not None:
+            record_losses()
             callback(step, history)
+    record_losses()
     bar.close()
     return history
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets and the command line
-
-
-def preset(name: str, size: str) -> tuple[dict, dict]:
-    """``(GPTConfig kwargs, TrainConfig kwargs)`` of preset ``name`` at ``size`` (smoke/cpu/gpu).
-
-    ``shakespeare-char``: characters of Tiny Shakespeare. Its gpu size is nanoGPT's char config
-    (6 layers, 6 heads, 384 wide, block 256, batch 64, dropout 0.2, lr 1e-3); its cpu size is the
-    recipe of benchmark 2 (val loss <= 1.88 in about two minutes on two cores).
-    ``shakespeare-bpe``: Tiny Shakespeare in GPT-2 tokens (vocabulary padded 50,257 -> 50,304, a
-    multiple of 64, on the GPU).
-    """
-    presets = {
-        "shakespeare-char": {
-            "smoke": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False),
-                      dict(max_steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=15, eval_iters=4)),
-            "cpu": (dict(block_size=64, n_layer=3, n_head=4, n_embd=128, bias=False),
-                    dict(max_steps=1000, batch_size=32, lr=4e-3, min_lr=4e-4, warmup_steps=50, beta2=0.99,
-                         weight_decay=0.1, eval_interval=100, eval_iters=10)),
-            "gpu": (dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
-                    dict(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-                         weight_decay=0.1, eval_interval=250, eval_iters=200)),
-        },
-        "shakespeare-bpe": {
-            "smoke": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False),
-                      dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=10, eval_iters=4)),
-            "cpu": (dict(block_size=64, n_layer=2, n_head=4, n_embd=64, bias=False),
-                    dict(max_steps=150, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=15, beta2=0.99,
-                         eval_interval=50, eval_iters=5)),
-            "gpu": (dict(vocab_size=50304, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
-                    dict(max_steps=2000, batch_size=64, lr=6e-4, min_lr=6e-5, warmup_steps=100, beta2=0.99,
-                         eval_interval=250, eval_iters=100)),
-        },
-    }
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(presets)}")
-    if size not in presets[name]:
-        raise ValueError(f"unknown size {size!r}; sizes: smoke, cpu, gpu")
-    model_kwargs, train_kwargs = presets[name][size]
-    return dict(model_kwargs), dict(train_kwargs)
-
-
-def prepare_data(name: str, text: str | None = None):
-    """``(train ids, val ids, tokenizer)`` for preset ``name`` from Tiny Shakespeare (90/10 split)."""
-    from gptcourse.data import load_text, train_val_split
-    from gptcourse.tokenizers import CharTokenizer, gpt2_encoding
-
-    text = load_text("tinyshakespeare") if text is None else text
-    tokenizer = CharTokenizer(text) if name == "shakespeare-char" else gpt2_encoding("gpt2")
-    ids = tokenizer.encode(text) if name == "shakespeare-char" else tokenizer.encode_ordinary(text)
-    train_ids, val_ids = train_val_split(torch.tensor(ids, dtype=torch.long))
-    return train_ids, val_ids, tokenizer
-
-
-def main(argv: list[str] | None = None) -> int:
-    from gptcourse.generate import generate
-    from gptcourse.hardware import describe, get_device, get_size
-    from gptcourse.model import GPT, GPTConfig
-
-    parser = argparse.ArgumentParser(prog="python -m gptcourse.train",
-                                     description="Train a GPT on Tiny Shakespeare from a named preset.")
-    parser.add_argument("--preset", default="shakespeare-char", choices=["shakespeare-char", "shakespeare-bpe"])
-    parser.add_argument("--size", choices=["smoke", "cpu", "gpu"], help="default: $GPTCOURSE_SIZE, else by hardware")
-    parser.add_argument("--device", help="default: cuda, then mps, then cpu")
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--grad-accum-steps", type=int)
-    parser.add_argument("--precision", choices=PRECISIONS)
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--checkpoint", help="checkpoint file: saved at every evaluation, resumed from if present")
-    parser.add_argument("--stop-val-loss", type=float)
-    parser.add_argument("--sample-tokens", type=int, default=200, help="tokens to generate at the end")
-    args = parser.parse_args(argv)
-
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = args.device or get_device()
-    if distributed:
-        local_rank = int(os.environ["LOCAL_RANK"])
-        if torch.device(device).type == "cuda":
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    rank, world = _distributed()
-    size = args.size or get_size()
-    model_kwargs, train_kwargs = preset(args.preset, size)
-    overrides = {"max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
-                 "grad_accum_steps": args.grad_accum_steps, "precision": args.precision,
-                 "checkpoint_path": args.checkpoint, "stop_val_loss": args.stop_val_loss}
-    train_kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    if args.compile:
-        train_kwargs["compile"] = True
-    train_ids, val_ids, tokenizer = prepare_data(args.preset)
-    vocab = tokenizer.vocab_size if args.preset == "shakespeare-char" else tokenizer.n_vocab
-    model_kwargs.setdefault("vocab_size", vocab)
-    model = GPT(GPTConfig(**model_kwargs))
-    config = TrainConfig(**train_kwargs)
-    if rank == 0:
-        print(describe())
-        print(f"preset {args.preset} | size {size} | device {device} | {world} process(es) | "
-              f"{model.num_params() / 1e6:.2f}M parameters | precision {resolve_precision(config.precision, device)}")
-        if model_kwargs["vocab_size"] != vocab:
-            print(f"vocabulary: {vocab} real tokens, padded to {model_kwargs['vocab_size']}")
-    history = train(model, train_ids, val_ids, config, device)
-    if rank == 0:
-        print("step  train   val    elapsed  tokens/s   MFU")
-        for i, s in enumerate(history.eval_steps):
-            mfu = history.mfu[i]
-            print(f"{s:>5} {history.eval_train_loss[i]:.4f} {history.eval_val_loss[i]:.4f} "
-                  f"{history.elapsed[i]:7.1f}s {history.tokens_per_s[i]:9.0f} "
-                  f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}")
-        if args.sample_tokens > 0:
-            start = torch.tensor([tokenizer.encode("\n")], dtype=torch.long, device=device)
-            out = generate(model, start, args.sample_tokens, temperature=0.8, top_k=200)[0].tolist()
-            print(tokenizer.decode(out))
-    if distributed:
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""gptcourse.hardware: the size follows GPTCOURSE_SIZE or the hardware; bad values are named."""
+"""gptcourse.hardware: the size follows GPTCOURSE_SIZE or the hardware; bad values are named; GPU peaks
+follow the datasheets."""
 
 from __future__ import annotations
 
@@ -30,8 +31,17 @@ def test_setup_prints_device_and_size(monkeypatch, capsys):
     monkeypatch.setenv(hardware.SIZE_ENV, "smoke")
     device, size = hardware.setup(seed=0)
     out = capsys.readouterr().out
-    assert size == "smoke" and f"size: smoke" in out and "device:" in out
+    assert size == "smoke" and "size: smoke" in out and "device:" in out
     assert device in ("cuda", "mps", "cpu")
     a = torch.rand(3)
     hardware.setup(seed=0)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_peak_flops_follow_the_datasheets():
+    assert hardware.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert hardware.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert hardware.peak_flops("NVIDIA A100-SXM4-40GB", "bf16") == 312e12
+    assert hardware.peak_flops("Tesla T4", "fp16") == 65e12
+    assert hardware.peak_flops("Tesla T4", "fp32") == 8.1e12
+    assert hardware.peak_flops("Apple M2", "bf16") is None

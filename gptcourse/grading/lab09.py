@@ -80,7 +80,7 @@ def check_accumulate_step(accumulate_step: Callable[..., float]) -> None:
         for step in range(3):
             x = torch.randint(0, ref_model.config.vocab_size, (8, 8))
             y = torch.randint(0, ref_model.config.vocab_size, (8, 8))
-            expected = train_step(ref_model, ref_opt, x, y, accum_steps=accum, grad_clip=clip)
+            expected = train_step(ref_model, ref_opt, x, y, accum_steps=accum, grad_clip=clip).item()
             got = accumulate_step(model, opt, x, y, accum, clip)
             if got is None or not math.isclose(float(got), expected, rel_tol=1e-4, abs_tol=1e-5):
                 fail(f"with accum_steps={accum}, step {step} returned loss {got!r}, expected {expected:.5f}",
