@@ -5,7 +5,7 @@ WORKERS ?= 2
 # Console scripts live beside the interpreter (a venv need not be activated).
 BIN := $(shell $(PYTHON) -c "import os, sys; print(os.path.dirname(sys.executable))")
 
-.PHONY: book test labs
+.PHONY: book test labs outputs
 
 book:
 	$(PYTHON) -m pip install -q -e ".[book]"
@@ -21,3 +21,9 @@ test:
 # Regenerate labs/ from solutions/ (and the Colab header of every notebook).
 labs:
 	$(PYTHON) -m gptcourse.labs build
+
+# Re-execute every chapter and solution at this machine's size (cpu here, gpu on CUDA), one at a
+# time, and write the outputs back (gpu-size outputs are never replaced by cpu-size ones).
+outputs:
+	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m gptcourse.outputs

@@ -22,8 +22,12 @@ from typing import TypeVar
 
 import torch
 
+from gptcourse import __version__
+
 SIZES = ("smoke", "cpu", "gpu")
 SIZE_ENV = "GPTCOURSE_SIZE"
+# set by `python -m gptcourse.outputs` to the commit it executes, so the device line names the code that ran
+COMMIT_ENV = "GPTCOURSE_COMMIT"
 
 T = TypeVar("T")
 
@@ -58,11 +62,14 @@ def seed_everything(seed: int) -> None:
 
 
 def describe() -> str:
-    """One line naming the device, the size and the torch version, e.g. for a notebook's output."""
+    """One line naming the device, the size, the torch version and the course package's version
+    (with the commit, when ``$GPTCOURSE_COMMIT`` names one), e.g. for a notebook's output."""
     device = get_device()
     name = torch.cuda.get_device_name() if device == "cuda" else device
     threads = torch.get_num_threads()
-    return f"device: {name} | size: {get_size()} | torch {torch.__version__} | {threads} CPU threads"
+    commit = os.environ.get(COMMIT_ENV, "").strip()
+    course = f"gptcourse {__version__}" + (f" @ {commit}" if commit else "")
+    return f"device: {name} | size: {get_size()} | torch {torch.__version__} | {threads} CPU threads | {course}"
 
 
 def setup(seed: int = 1337) -> tuple[str, str]:
