@@ -67,7 +67,6 @@ def context_start(start: int, length: int, block_size: int) -> int:
     return length - max(1, block_size // 2)
 
 
-@torch.no_grad()
 def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
              generator: torch.Generator | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
@@ -92,8 +91,9 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, tem
     start, cache = max(0, idx.size(1) - block_size), None
     with evaluating(model):
         for _ in range(max_new_tokens):
-            if context_start(start, idx.size(1), block_size) != start:
-                start, cache = context_start(start, idx.size(1), block_size), None
+            new_start = context_start(start, idx.size(1), block_size)
+            if new_start != start:  # the context moved: its cache must be rebuilt
+                start, cache = new_start, None
             if cache is not None:
                 logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
             else:

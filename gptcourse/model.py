@@ -172,11 +172,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.aux_loss: torch.Tensor | None = None  # the MoE load-balancing loss of the last forward
+        # the order of registration is the order of the random init below: keep it, or every seeded
+        # result of the course (chapters, tests) changes
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=positions(config),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([make_block(config) for _ in range(config.n_layer)]),
+            wpe=positions(config),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.final_norm else nn.Identity(),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

@@ -70,3 +70,16 @@ def test_the_device_line_names_the_course_version(monkeypatch, commit):
 
     monkeypatch.setenv(COMMIT_ENV, commit)
     assert describe().endswith(f"| gptcourse {__version__}" + (f" @ {commit}" if commit else ""))
+
+
+COMMITTED = sorted([*(labs.ROOT / "chapters").glob("*.ipynb"), *(labs.ROOT / "solutions").glob("*.ipynb")])
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[p.relative_to(labs.ROOT).as_posix() for p in COMMITTED])
+def test_committed_outputs_come_from_one_real_run_in_order(path):
+    """Every code cell ran, top to bottom, in one kernel, at the cpu or gpu size (never smoke)."""
+    nb = nbformat.read(path, as_version=4)
+    counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1)), \
+        f"{path.name}: execution counts {counts} are not 1..{len(counts)}; run `python -m gptcourse.outputs {path}`"
+    assert outputs.committed_size(nb) in ("cpu", "gpu"), f"{path.name}: its device line is not a cpu or gpu run"
