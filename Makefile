@@ -16,7 +16,7 @@ book:
 test:
 	$(PYTHON) -m pip install -q -e ".[test]"
 	GPTCOURSE_SIZE=smoke IPYTHONDIR=$(CURDIR)/tests/ipython \
-	$(PYTHON) -m pytest -n $(WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider
+	$(PYTHON) -m pytest -n $(WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider --durations=15
 
 # Regenerate labs/ from solutions/ (and the Colab header of every notebook).
 labs:

@@ -1,31 +1,26 @@
 """Grade students' lab notebooks: ``python -m gptcourse.grade NOTEBOOK... [--csv FILE]``.
 
-A student's notebook is trusted for its exercise code only. For each notebook the grader
+The trust boundary is the process boundary. A student's kernel runs the student's code and the
+course's code; whatever it does, it can only send back outputs. Every score is decided here, in
+the grader's own process, on inputs the grader chose:
 
-1. finds its solution in ``solutions/`` (by the ``labNN`` in the file name, else by the exercise ids
-   of its graded cells) and takes the *canonical* graded cells from there: a graded cell the
-   student edited is replaced (matched by exercise id or cell id), a deleted one is put back after
-   the cell it follows in the solution, and any other cell tagged ``grade`` is dropped;
-2. runs the result in its own kernel, in a fresh temporary folder with its own ``HOME`` and
-   ``IPYTHONDIR`` (nothing a notebook writes there reaches the next one), one cell at a time with
-   a per-cell timeout: an infinite loop is interrupted and reported (a loop that ignores the
-   interrupt ends the notebook's run), ``sys.exit`` fails only its cell, a kernel killed by
-   ``os._exit`` is reported, and grading goes on;
-3. runs each canonical graded cell through a wrapper that imports ``gptcourse.grading`` afresh from
-   disk (a check the notebook redefined or monkeypatched is not the one that runs), verifies that
-   the course's code and torch were not patched (:mod:`gptcourse.grading.integrity`), and prints a
-   marker carrying a random nonce only when the check returned normally;
-4. scores from its own records: an exercise earns its points (``gptcourse: {points}`` in the
-   solution's metadata) only when the kernel replied ``ok`` for its cell, the cell has no error
-   output, and the cell's last output is that marker. Nothing the notebook writes to disk is read.
+1. The grader reads the solutions and the exercise specs (:mod:`gptcourse.grading.spec`) before
+   any student code runs, and identifies each notebook's lab from its cells (not only its name).
+2. It runs the student's cells in a fresh kernel inside a sandbox (:mod:`gptcourse.grading.sandbox`),
+   but not the student's graded cells: each is replaced by a cell that calls
+   :func:`gptcourse.grading.collect.collect` with a secret seed drawn for this run, which runs the
+   answer on that seed's cases and displays the outputs as plain data (never pickled objects).
+3. Here, it builds the same cases from the same seed, runs the reference on fresh copies, and
+   compares (:func:`gptcourse.grading.harness.judge`). Nothing the notebook prints, writes or
+   patches enters that comparison except the outputs it reports for its own answer.
+4. It flags, in a ``flags`` column, exercise code that uses a reference the spec forbids (those
+   references also raise while the answer runs) and exercise code that is a near-verbatim copy of
+   the solution. Solutions and the package are public: grading measures correct work, not
+   authorship; the flags are for the instructor to look at.
 
-Solutions and the ``gptcourse`` package are read into memory before any student code runs. Each
-kernel imports ``gptcourse`` from its own copy of that package, whose files every graded cell
-checks against the hashes the grader took: a notebook that rewrites the course's code scores 0
-(tampered), and one that rewrites the solutions changes nothing. A notebook that adds a ``*.pth`` start-up file (code
-that every later kernel would run) scores 0 and stops the run. The grader itself never deletes or
-rewrites a file. Code in a kernel can always rewrite the interpreter itself; for submissions you do
-not trust, also run the command as a throwaway user or in a container.
+A batch never aborts: an unreadable, empty or foreign notebook, a notebook for another lab, a
+kernel that dies, loops or floods its output all become rows with a status and a message. The CSV
+is written atomically. The console shows only the grader's own lines.
 """
 
 from __future__ import annotations
@@ -33,62 +28,38 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import os
 import re
 import secrets
+import signal
 import site
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from gptcourse import labs
+from gptcourse.grading import harness, sandbox, scan
+from gptcourse.grading.collect import MIME
+from gptcourse.grading.spec import Spec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_TIMEOUT = 120  # seconds per cell; smoke-size lab cells take a few
 PROBE_TIMEOUT = 15  # after an interrupt, how long the kernel gets to answer again
-MARKER = "[gptcourse.grade {nonce}] {exercise} passed"
+OUTPUT_BUDGET = 16 * 2**20  # bytes of a notebook's ordinary output the grader keeps
 _TIMED_OUT = "GradingTimeout"  # the ename of the reply nbclient makes up when a cell runs too long
-CSV_COLUMNS = ["notebook", "exercise", "points", "max_points", "status", "message"]
-
-# The wrapper that runs one canonical graded cell inside the student's kernel. It refuses a
-# `gptcourse` package that is not the grader's, imports `gptcourse.grading` afresh, checks the
-# course's code before and after, and puts the student's modules back so that the notebook's own
-# `check_all()` still sees the result.
-_WRAPPER = '''\
-# Graded by `python -m gptcourse.grade`: exercise {exercise}, the canonical cell from its solution.
-def _gptcourse_graded_cell(source, exercise, nonce, package_dir, hashes):
-    import builtins, os, sys
-    def grading_modules():
-        return {{n: m for n, m in sys.modules.items() if n == "gptcourse.grading" or n.startswith("gptcourse.grading.")}}
-    package = sys.modules.get("gptcourse")
-    if package is not None and [os.path.realpath(p) for p in package.__path__] != [package_dir]:
-        raise RuntimeError("gptcourse was replaced by the notebook")
-    students = grading_modules()
-    for name in students:
-        del sys.modules[name]
-    try:
-        from gptcourse.grading import integrity
-        integrity.verify(package_dir, hashes)
-        exec(compile(source, "<graded cell " + exercise + ">", "exec"), __import__("IPython").get_ipython().user_ns)
-        integrity.verify(package_dir, hashes)
-    finally:
-        fresh = sys.modules.get("gptcourse.grading")
-        for name in grading_modules():
-            del sys.modules[name]
-        sys.modules.update(students)
-        if "gptcourse.grading" in students:
-            sys.modules["gptcourse"].grading = students["gptcourse.grading"]
-            if fresh is not None:
-                students["gptcourse.grading"].RESULTS.update(fresh.RESULTS)
-    builtins.print({marker!r}.format(nonce=nonce, exercise=exercise))
-_gptcourse_graded_cell({source!r}, {exercise!r}, {nonce!r}, {package_dir!r}, {hashes!r})
-'''
+KERNEL_NAME = "gptcourse-grade"
+CSV_COLUMNS = ["notebook", "exercise", "points", "max_points", "status", "message", "flags"]
+COLLECT_CELL = ("# Graded by `python -m gptcourse.grade`: the outputs of {name} for exercise {exercise}\n"
+                "from gptcourse.grading.collect import collect\n"
+                "collect({exercise!r}, seed={seed})")
 
 
 @dataclasses.dataclass
@@ -99,111 +70,144 @@ class Result:
     exercise: str
     points: float
     max_points: float
-    status: str  # passed | failed | not implemented | error | timeout | kernel died | not run | tampered | no result
+    status: str  # passed | failed | error | not implemented | no result | timeout | kernel died | not run
     message: str = ""
+    flags: str = ""
 
 
 @dataclasses.dataclass
 class Exercise:
-    exercise: str
-    points: float
-    cell: nbformat.NotebookNode  # the canonical cell, outputs cleared
+    spec: Spec
+    cell_id: str  # the solution's graded cell
     anchor: str | None  # id of the non-graded solution cell it follows
 
 
-def _meta(cell: nbformat.NotebookNode) -> dict:
-    meta = cell.get("metadata", {}).get("gptcourse", {})
+def _meta(cell: Any) -> dict:
+    meta = cell.get("metadata", {}).get("gptcourse", {}) if isinstance(cell, dict) else {}
     return meta if isinstance(meta, dict) else {}
 
 
-def _is_graded(cell: nbformat.NotebookNode) -> bool:
+def _is_graded(cell: Any) -> bool:
     return labs.GRADE_TAG in cell.get("metadata", {}).get("tags", []) or "exercise" in _meta(cell)
 
 
 class Solution:
-    """The canonical graded cells of one solution notebook, read once, before any student code runs."""
+    """One lab: its solution's graded cells, exercise cells and specs, read before any student code runs."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.lab = path.stem.split("_")[0]
         nb = nbformat.read(path, as_version=4)
+        specs = {s.id: s for s in harness.lab_specs(self.lab)}
         self.exercises: list[Exercise] = []
-        anchor = None
+        self.blocks: dict[str, tuple[str, str]] = {}  # exercise cell id -> (its exercise, the solution cell)
+        self.cell_ids = {c.get("id") for c in nb.cells} - set(labs.HEADER_TAGS)  # header ids are in every notebook
+        self.sources = {c.source.strip() for c in nb.cells if c.cell_type == "code"}  # what is not the student's
+        anchor, pending = None, []
         for cell in nb.cells:
             if cell.cell_type == "code" and labs.GRADE_TAG in cell.metadata.get("tags", []):
-                meta = _meta(cell)
-                if "exercise" not in meta or "points" not in meta:
-                    raise ValueError(f"{path}: a graded cell lacks gptcourse: {{exercise, points}} metadata")
-                canonical = nbformat.v4.new_code_cell(cell.source, metadata={"gptcourse": dict(meta)})
-                canonical.id = cell.get("id", canonical.id)
-                self.exercises.append(Exercise(meta["exercise"], float(meta["points"]), canonical, anchor))
+                exercise = _meta(cell).get("exercise")
+                if exercise not in specs:
+                    raise ValueError(f"{path}: graded cell {exercise!r} has no spec in gptcourse.grading.{self.lab}")
+                if float(_meta(cell).get("points", -1)) != specs[exercise].points:
+                    raise ValueError(f"{path}: {exercise} is worth {specs[exercise].points:g} points in its spec")
+                self.exercises.append(Exercise(specs[exercise], cell.get("id"), anchor))
+                self.blocks.update({cell_id: (exercise, source) for cell_id, source in pending})
+                pending = []
             else:
                 anchor = cell.get("id")
-        ids = [e.exercise for e in self.exercises]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{path}: an exercise id appears twice")
+                if cell.cell_type == "code" and labs.BEGIN in cell.source:
+                    pending.append((cell.get("id"), cell.source))
+        missing = set(specs) - {e.spec.id for e in self.exercises}
+        if missing:
+            raise ValueError(f"{path}: no graded cell for {sorted(missing)}")
+
+    @property
+    def max_points(self) -> float:
+        return sum(e.spec.points for e in self.exercises)
 
 
 def load_solutions(solutions_dir: Path) -> dict[str, Solution]:
-    """Every ``lab*.ipynb`` of ``solutions_dir``, by file stem."""
-    return {p.stem: Solution(p) for p in sorted(Path(solutions_dir).glob("lab*.ipynb"))}
+    """Every ``labNN_*.ipynb`` of ``solutions_dir``, by lab (``"lab04"``)."""
+    return {s.lab: s for s in map(Solution, sorted(Path(solutions_dir).glob("lab[0-9][0-9]_*.ipynb")))}
 
 
-def match_solution(path: Path, nb: nbformat.NotebookNode | None, solutions: dict[str, Solution]) -> Solution:
-    """The solution of a student's notebook: same stem, then same ``labNN``, then shared exercise ids."""
-    stem = path.stem
-    if stem in solutions:
-        return solutions[stem]
-    number = re.search(r"lab\d+", stem)
-    by_number = [s for name, s in solutions.items() if number and name.startswith(number.group() + "_")]
-    if len(by_number) == 1:
-        return by_number[0]
-    ids = {_meta(c).get("exercise") for c in (nb.cells if nb else [])} - {None}
-    overlap = [s for s in solutions.values() if ids & {e.exercise for e in s.exercises}]
-    if len(overlap) == 1:
-        return overlap[0]
-    raise ValueError(f"{path}: cannot tell which lab this is (name it like its lab, e.g. lab01_*.ipynb)")
+class NotGradable(Exception):
+    """A notebook the grader cannot grade as the lab it is for; the message says why."""
+
+    def __init__(self, message: str, solution: Solution | None = None):
+        super().__init__(message)
+        self.solution = solution
 
 
-def assemble(student: nbformat.NotebookNode, solution: Solution) -> tuple[nbformat.NotebookNode, dict[int, Exercise]]:
-    """The notebook to run: the student's cells with the canonical graded cells in place.
+def identify(path: Path, nb: nbformat.NotebookNode | None, solutions: dict[str, Solution]) -> Solution:
+    """The lab of a student's notebook, from its content (graded-cell exercise ids and the cell ids
+    the lab was generated with), checked against the ``labNN`` in its file name."""
+    number = re.search(r"lab(\d+)", path.stem)
+    named = solutions.get(f"lab{int(number.group(1)):02d}") if number else None
+    if nb is None:
+        raise NotGradable("the file is not a readable notebook", named)
+    code = [c for c in nb.cells if c.get("cell_type") == "code" and c.get("source", "").strip()]
+    if not code:
+        raise NotGradable("the notebook has no code", named)
+    ids = {_meta(c).get("exercise") for c in nb.cells} - {None}
+    cell_ids = {c.get("id") for c in nb.cells} - set(labs.HEADER_TAGS)
 
-    Returns it and, for each canonical cell, its index. A canonical cell replaces the student's
-    cell with the same exercise id (or cell id); one the student deleted goes after the cell it
-    follows in the solution, or at the end when that cell is gone too.
-    """
-    by_exercise = {e.exercise: e for e in solution.exercises}
-    by_cell_id = {e.cell.id: e for e in solution.exercises}
+    def likeness(s: Solution) -> float:
+        return len(ids & {e.spec.id for e in s.exercises}) + len(cell_ids & s.cell_ids) / max(len(s.cell_ids), 1)
+
+    ranked = sorted(solutions.values(), key=likeness, reverse=True)
+    best = ranked[0] if ranked and likeness(ranked[0]) >= 0.3 else None
+    if best is None:
+        defined = set().union(*(scan.defines(c.get("source", "")) for c in code))
+        if named is not None and {e.spec.name for e in named.exercises} <= defined:
+            return named  # rebuilt by hand from the lab's text, every answer defined: grade it by its name
+        raise NotGradable("none of its cells comes from a lab of this course", named)
+    if named is not None and named is not best and likeness(named) < likeness(best):
+        raise NotGradable(f"its cells are {best.lab}'s, but its name says {named.lab}: submit the right file", named)
+    return best
+
+
+def assemble(student: nbformat.NotebookNode, solution: Solution,
+             seeds: dict[str, int]) -> tuple[nbformat.NotebookNode, dict[int, Exercise]]:
+    """The notebook to run: the student's cells, with a collecting cell where each graded cell is.
+
+    Returns it and, for each collecting cell, its index. A student's graded cell (matched by
+    exercise id or cell id) is replaced; a deleted one is put back after the cell it follows in
+    the solution, or at the end; any other graded cell is dropped."""
+    by_exercise = {e.spec.id: e for e in solution.exercises}
+    by_cell_id = {e.cell_id: e for e in solution.exercises}
     placed: set[str] = set()
-    cells: list[nbformat.NotebookNode] = []
+    cells: list[Any] = []
     for cell in student.cells:
         if _is_graded(cell) or cell.get("id") in by_cell_id:
             ex = by_exercise.get(_meta(cell).get("exercise")) or by_cell_id.get(cell.get("id"))
-            if ex is not None and ex.exercise not in placed:
+            if ex is not None and ex.spec.id not in placed:
                 cells.append(ex)
-                placed.add(ex.exercise)
-            continue  # graded cells that are not the solution's are dropped
+                placed.add(ex.spec.id)
+            continue
         cell = nbformat.from_dict(dict(cell))
-        if cell.cell_type == "code":
+        if cell.get("cell_type") == "code":
             cell.outputs, cell.execution_count = [], None
             cell.metadata = {}  # no tags: nothing a student sets changes how a cell runs
         cells.append(cell)
     for ex in solution.exercises:  # deleted ones, in order, after their anchor
-        if ex.exercise in placed:
+        if ex.spec.id in placed:
             continue
         at = next((i for i, c in enumerate(cells) if not isinstance(c, Exercise) and c.get("id") == ex.anchor), None)
         at = len(cells) - 1 if at is None else at
         while at + 1 < len(cells) and isinstance(cells[at + 1], Exercise):  # keep the solution's order
             at += 1
         cells.insert(at + 1, ex)
-        placed.add(ex.exercise)
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+        placed.add(ex.spec.id)
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": KERNEL_NAME, "display_name": "Python 3",
                                                            "language": "python"}})
     graded: dict[int, Exercise] = {}
     for index, cell in enumerate(cells):
         if isinstance(cell, Exercise):
             graded[index] = cell
-            cell = nbformat.from_dict(dict(cell.cell))
-            cell.outputs, cell.execution_count = [], None
+            cell = nbformat.v4.new_code_cell(COLLECT_CELL.format(name=cell.spec.name, exercise=cell.spec.id,
+                                                                 seed=seeds[cell.spec.id]))
         cell.id = f"cell-{index}"  # ids were only for matching; a student's may repeat
         nb.cells.append(cell)
     return nb, graded
@@ -216,10 +220,11 @@ def read_package(package_dir: Path = PACKAGE_DIR) -> dict[str, bytes]:
 
 
 def startup_files(patterns: Iterable[Path] | None = None) -> dict[Path, bytes]:
-    """Files that Python runs in every later kernel: ``*.pth`` in site-packages (by default)."""
+    """Files that Python runs in every later kernel: ``*.pth``, ``sitecustomize.py`` and
+    ``usercustomize.py`` of site-packages (by default)."""
     if patterns is None:
         dirs = {Path(p) for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()}
-        patterns = [d / "*.pth" for d in sorted(dirs)]
+        patterns = [d / name for d in sorted(dirs) for name in ("*.pth", "sitecustomize.py", "usercustomize.py")]
     files: dict[Path, bytes] = {}
     for pattern in map(Path, patterns):
         for path in sorted(pattern.parent.glob(pattern.name)):
@@ -228,119 +233,178 @@ def startup_files(patterns: Iterable[Path] | None = None) -> dict[Path, bytes]:
     return files
 
 
-def _status(cell: nbformat.NotebookNode, reply_ok: bool, marker: str) -> tuple[str, str]:
-    errors = [o for o in cell.outputs if o.output_type == "error"]
-    if errors:
-        err = errors[0]
-        message = f"{err.ename}: {err.evalue}".strip()
-        if err.ename == "NotImplementedError":
-            return "not implemented", "the exercise raises NotImplementedError (not written yet)"
-        if err.ename == "GradingError":
-            return "failed", err.evalue
-        if err.ename == "TamperingError" or "replaced by the notebook" in err.evalue:
-            return "tampered", err.evalue
-        return "error", message
-    text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream").rstrip()
-    last = text.splitlines()[-1] if text else ""
-    if reply_ok and last == marker:
-        return "passed", ""
-    return "no result", "the check did not report a result (its output was suppressed or the cell was changed)"
+class _SandboxedKernel(AsyncKernelManager):
+    """A kernel manager whose connection file the sandbox's unprivileged user can read."""
+
+    owner: int | None = None
+
+    def write_connection_file(self, **kwargs: Any) -> None:
+        super().write_connection_file(**kwargs)
+        if self.owner is not None:
+            os.chown(self.connection_file, self.owner, self.owner)
+
+
+class _BoundedClient(NotebookClient):
+    """Keeps at most :data:`OUTPUT_BUDGET` bytes of ordinary output per notebook (a cell that
+    prints forever cannot fill the grader's memory); the collecting cells' results always stay."""
+
+    budget = OUTPUT_BUDGET
+
+    def output(self, outs, msg, display_id, cell_index):
+        content = msg.get("content", {})
+        ours = MIME in content.get("data", {}) if isinstance(content.get("data"), dict) else False
+        size = len(repr(content))
+        if not ours:
+            if size > self.budget:
+                self.budget = 0
+                return None
+            self.budget -= size
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def _kernel_spec(folder: Path, box: sandbox.Sandbox, workdir: Path, course: Path) -> KernelSpecManager:
+    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    argv = box.command(kernel, workdir, course)
+    spec_dir = folder / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    # interrupts go over the control channel: the kernel signals itself inside its namespace
+    import json
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "gptcourse grading",
+                                                      "language": "python", "interrupt_mode": "message"}))
+    return KernelSpecManager(kernel_dirs=[str(folder / "kernels")], ensure_native_kernel=False)
 
 
 def _kernel_env(workdir: Path, size: str, course: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_RUNTIME"))}
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TIKTOKEN_CACHE_DIR",
+            "GPTCOURSE_DATA_DIR", "GPTCOURSE_REQUIRE_DATA", "VIRTUAL_ENV")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
     ipython = workdir / ".ipython"
     (ipython / "profile_default").mkdir(parents=True)
     # plain tracebacks: the messages end up in a CSV
     (ipython / "profile_default" / "ipython_kernel_config.py").write_text("c.InteractiveShell.colors = 'nocolor'\n")
-    # the private copy of the package comes first on the path (before the editable install)
-    env["PYTHONPATH"] = os.pathsep.join([str(course)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # downloads stay cached between notebooks (course data and tiktoken files are verified by sha256)
-    env["XDG_CACHE_HOME"] = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     env.update(HOME=str(workdir), IPYTHONDIR=str(ipython), MPLCONFIGDIR=str(workdir / ".mpl"),
-               PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1", GPTCOURSE_SIZE=size, MPLBACKEND="agg")
+               XDG_CACHE_HOME=str(workdir / ".cache"), PYTHONPATH=str(course), PYTHONNOUSERSITE="1",
+               PYTHONDONTWRITEBYTECODE="1", GPTCOURSE_SIZE=size, MPLBACKEND="agg")
     return env
 
 
-def run_notebook(path: Path, solution: Solution, timeout: float = DEFAULT_TIMEOUT, size: str = "smoke",
-                 keep: Path | None = None, package: dict[str, bytes] | None = None,
-                 kernel_name: str = "python3") -> tuple[list[Result], list[str]]:
-    """Grade one student notebook against ``solution``: ``(results, notes)``.
+def _outcomes(cell: nbformat.NotebookNode, exercise: str, seed: int) -> Any:
+    """The outcomes a collecting cell displayed, or None unless there is exactly one well-formed result."""
+    found = [o.get("data", {}).get(MIME) for o in cell.outputs
+             if o.get("output_type") == "display_data" and MIME in o.get("data", {})]
+    if len(found) != 1 or not isinstance(found[0], dict):
+        return None
+    reply = found[0]
+    if reply.get("exercise") != exercise or reply.get("seed") != seed:
+        return None
+    return reply.get("outcomes")
 
-    The kernel imports ``gptcourse`` from a private copy of ``package`` (default: read now), and
-    every graded cell checks that copy's files against their hashes."""
+
+def run_notebook(path: Path, student: nbformat.NotebookNode, solution: Solution, box: sandbox.Sandbox,
+                 timeout: float = DEFAULT_TIMEOUT, size: str = "smoke", keep: Path | None = None,
+                 package: dict[str, bytes] | None = None) -> tuple[list[Result], list[str]]:
+    """Grade one student notebook against ``solution``: ``(results, notes)``."""
     name = str(path)
     package = read_package() if package is None else package
-    hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in package.items()}
-    try:
-        student = nbformat.read(path, as_version=4)
-    except Exception as err:  # an unreadable file earns nothing, and grading goes on
-        return [Result(name, e.exercise, 0.0, e.points, "not run", f"unreadable notebook: {err}")
-                for e in solution.exercises], [f"{name}: unreadable ({err})"]
-    nb, graded = assemble(student, solution)
+    seeds = {e.spec.id: secrets.randbelow(2**31) for e in solution.exercises}
+    nb, graded = assemble(student, solution, seeds)
+    flags = scan.flags(student, solution)
+    everywhere = scan.suspicious(student, solution.sources)
     notes: list[str] = []
-    replies: dict[int, bool] = {}
     reached: dict[int, str] = {}  # graded cells that never ran normally: index -> status
     with tempfile.TemporaryDirectory(prefix="gptcourse-grade-") as tmp:
-        workdir = Path(tmp).resolve()
-        course = workdir / ".course"
-        for rel, data in package.items():
+        root = Path(tmp).resolve()
+        workdir, course = root / "work", root / "course"
+        for rel, data in package.items():  # a private copy: a notebook that edits it spoils only its own run
             (course / rel).parent.mkdir(parents=True, exist_ok=True)
             (course / rel).write_bytes(data)
-        package_dir = str(course / PACKAGE_DIR.name)
-        nonces = {i: secrets.token_hex(16) for i in graded}
-        for i, ex in graded.items():
-            nb.cells[i].source = _WRAPPER.format(source=ex.cell.source, exercise=ex.exercise, nonce=nonces[i],
-                                                 marker=MARKER, package_dir=package_dir, hashes=hashes)
-        nbformat.write(nb, workdir / path.name)  # the kernel's folder holds only this copy
-
+        workdir.mkdir()
+        env = _kernel_env(workdir, size, course)
+        if box.uid is not None:  # the kernel's user may pass through the grader's folder, and owns its own
+            os.chmod(root, 0o711)
+            for folder, _, files in os.walk(workdir):
+                os.chown(folder, box.uid, box.uid)
+                for f in files:
+                    os.chown(os.path.join(folder, f), box.uid, box.uid)
+        km = _SandboxedKernel(kernel_spec_manager=_kernel_spec(root, box, workdir, course), kernel_name=KERNEL_NAME)
+        km.owner = box.uid
+        km.connection_file = str(workdir / ".kernel.json")
         timed_out: set[int] = set()
 
-        def on_executed(cell, cell_index, execute_reply):  # noqa: ANN001 (nbclient's hook)
-            content = execute_reply.get("content", {})
-            replies[cell_index] = content.get("status") == "ok"
-            if content.get("ename") == _TIMED_OUT:
+        def on_executed(cell, cell_index, execute_reply):
+            if execute_reply.get("content", {}).get("ename") == _TIMED_OUT:
                 timed_out.add(cell_index)
 
-        # On a timeout nbclient interrupts the kernel and hands back this reply instead of waiting.
-        client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
-                                interrupt_on_timeout=True, resources={"metadata": {"path": str(workdir)}},
-                                error_on_timeout={"ename": _TIMED_OUT, "evalue": f"ran past {timeout:g} s", "traceback": []},
+        client = _BoundedClient(nb, km=km, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
+                                error_on_timeout={"ename": _TIMED_OUT, "evalue": f"ran past {timeout:g} s",
+                                                  "traceback": []},
                                 on_cell_executed=on_executed, skip_cells_with_tag=f"skip-{secrets.token_hex(8)}")
-        with client.setup_kernel(env=_kernel_env(workdir, size, course), cwd=str(workdir)):
-            for index, cell in enumerate(nb.cells):
-                if cell.cell_type != "code":
-                    continue
-                label = graded[index].exercise if index in graded else f"cell {index}"
-                try:
-                    client.execute_cell(cell, index)
-                except DeadKernelError:
-                    notes.append(f"{name}: the kernel died in {label} (sys.exit/os._exit or a crash); later cells not run")
-                    reached[index] = "kernel died"
-                    _mark_rest(reached, graded, index, "not run")
-                    break
-                if index in timed_out:
-                    notes.append(f"{name}: {label} ran past {timeout:g} s and was interrupted")
-                    reached[index] = "timeout"
-                    if not _responds(client, timed_out):
-                        notes.append(f"{name}: the kernel did not stop after the interrupt; later cells not run")
-                        _mark_rest(reached, graded, index, "not run")
-                        break
-        if keep is not None:
+        with open(root / "kernel.log", "wb") as log:  # the kernel's own stdout/stderr never reach the console
+            process = None
+            try:
+                with client.setup_kernel(env=env, cwd=str(workdir), stdout=log, stderr=log):
+                    process = km.provisioner.process
+                    for index, cell in enumerate(nb.cells):
+                        if cell.cell_type != "code":
+                            continue
+                        label = graded[index].spec.id if index in graded else f"cell {index}"
+                        try:
+                            client.execute_cell(cell, index)
+                        except DeadKernelError:
+                            notes.append(f"{name}: the kernel died in {label}; later cells not run")
+                            reached[index] = "kernel died"
+                            _mark_rest(reached, graded, index, "not run")
+                            break
+                        if index in timed_out:
+                            notes.append(f"{name}: {label} ran past {timeout:g} s and was interrupted")
+                            reached[index] = "timeout"
+                            if not _responds(client, timed_out):
+                                notes.append(f"{name}: the kernel did not stop after the interrupt; "
+                                             "later cells not run")
+                                _mark_rest(reached, graded, index, "not run")
+                                break
+            except RuntimeError as err:  # the kernel did not start (or died while starting)
+                notes.append(f"{name}: the kernel did not start ({err})")
+                _mark_rest(reached, graded, -1, "not run")
+            finally:
+                _stop(process)
+        if keep is not None:  # the executed notebook and what the kernel process printed, for review
             keep.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, keep / path.name)
+            (keep / f"{path.stem}.kernel.log").write_bytes((root / "kernel.log").read_bytes())
     results = []
     for index, ex in graded.items():
+        spec = ex.spec
         if index in reached:
             status = reached[index]
             message = {"timeout": f"the cell ran past {timeout:g} s", "kernel died": "the kernel died in this cell",
-                       "not run": "an earlier cell stopped the kernel"}[status]
+                       "not run": "the kernel stopped before this cell"}[status]
         else:
-            status, message = _status(nb.cells[index], replies.get(index, False),
-                                      MARKER.format(nonce=nonces[index], exercise=ex.exercise))
-        points = ex.points if status == "passed" else 0.0
-        results.append(Result(name, ex.exercise, points, ex.points, status, message.splitlines()[0] if message else ""))
+            outcomes = _outcomes(nb.cells[index], spec.id, seeds[spec.id])
+            if outcomes is None:
+                errors = [o for o in nb.cells[index].outputs if o.get("output_type") == "error"]
+                raised = f" (the cell raised {errors[0].get('ename')}: {errors[0].get('evalue')})" if errors else ""
+                status, message = "no result", f"the notebook reported no outputs for {spec.name}{raised}"
+            else:
+                verdict = harness.judge(spec, seeds[spec.id], outcomes)
+                status = verdict.status
+                message = verdict.message + (f" Hint: {verdict.hint}" if verdict.hint and status == "failed" else "")
+        points = spec.points if status == "passed" else 0.0
+        results.append(Result(name, spec.id, points, spec.points, status, message,
+                              "; ".join(flags.get(spec.id, []) + everywhere)))
     return results, notes
+
+
+def _stop(process: Any) -> None:
+    """End whatever the kernel left behind: its process group and, in isolated mode, its PID
+    namespace (the sandbox dies with it, and every process inside with the sandbox)."""
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
 
 
 def _responds(client: NotebookClient, timed_out: set[int]) -> bool:
@@ -363,17 +427,25 @@ def _mark_rest(reached: dict[int, str], graded: dict[int, Exercise], after: int,
             reached.setdefault(index, status)
 
 
+def _not_run(name: str, solution: Solution | None, message: str) -> list[Result]:
+    if solution is None:
+        return [Result(name, "-", 0.0, 0.0, "not run", message)]
+    return [Result(name, e.spec.id, 0.0, e.spec.points, "not run", message) for e in solution.exercises]
+
+
 def grade(notebooks: Sequence[Path], solutions_dir: Path = labs.ROOT / "solutions", timeout: float = DEFAULT_TIMEOUT,
           size: str = "smoke", keep: Path | None = None, startup: Sequence[Path] | None = None,
-          log=print) -> list[Result]:  # noqa: ANN001
+          box: sandbox.Sandbox | None = None, log: Callable[[str], None] = print) -> list[Result]:
     """Grade ``notebooks``; every row of the score table, in order.
 
-    ``startup``: glob patterns of files that run in every later kernel (default: ``*.pth`` of
+    ``startup``: glob patterns of files that run in every later kernel (default: start-up files of
     site-packages). A notebook that adds or changes one scores 0 and grading stops, since later
     kernels would run its code; the grader never deletes or rewrites files itself."""
     solutions = load_solutions(solutions_dir)
     if not solutions:
-        raise ValueError(f"no solution notebooks (lab*.ipynb) in {solutions_dir}")
+        raise ValueError(f"no solution notebooks (labNN_*.ipynb) in {solutions_dir}")
+    box = sandbox.choose() if box is None else box
+    log(f"sandbox: {box.mode} ({box.why})")
     package = read_package()
     before = startup_files(startup)
     rows: list[Result] = []
@@ -382,13 +454,20 @@ def grade(notebooks: Sequence[Path], solutions_dir: Path = labs.ROOT / "solution
             student = nbformat.read(path, as_version=4)
         except Exception:
             student = None
-        solution = match_solution(path, student, solutions)
-        results, notes = run_notebook(path, solution, timeout=timeout, size=size, keep=keep, package=package)
+        try:
+            solution = identify(path, student, solutions)
+        except NotGradable as err:
+            log(f"note: {path}: not graded: {err}")
+            rows += _not_run(str(path), err.solution, str(err))
+            continue
+        results, notes = run_notebook(path, student, solution, box, timeout=timeout, size=size, keep=keep,
+                                      package=package)
         after = startup_files(startup)
         changed = sorted(str(p) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
         if changed:
             for r in results:
-                r.points, r.status, r.message = 0.0, "tampered", f"the notebook wrote start-up files: {', '.join(changed)}"
+                r.points, r.status = 0.0, "tampered"
+                r.message = f"the notebook wrote start-up files: {', '.join(changed)}"
         for note in notes:
             log(f"note: {note}")
         rows += results
@@ -407,13 +486,24 @@ class TamperError(RuntimeError):
         self.rows = rows
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(text: str, width: int | None = None) -> str:
+    """One line of ``text`` with control characters (newlines, ANSI escapes) made visible, so no
+    message from a notebook can forge or erase a line of the grader's output."""
+    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if width is None or len(text) <= width else text[: width - 3] + "..."
+
+
 def table(rows: Sequence[Result]) -> str:
     """The score table as text: one line per exercise, a total per notebook."""
-    head = ("notebook", "exercise", "points", "status", "message")
-    lines = [(r.notebook, r.exercise, f"{r.points:g}/{r.max_points:g}", r.status, r.message[:70]) for r in rows]
+    head = ("notebook", "exercise", "points", "status", "message", "flags")
+    lines = [(clean(r.notebook), clean(r.exercise), f"{r.points:g}/{r.max_points:g}", r.status, clean(r.message, 70),
+              clean(r.flags, 40)) for r in rows]
     totals: dict[str, list[float]] = {}
     for r in rows:
-        total = totals.setdefault(r.notebook, [0.0, 0.0])
+        total = totals.setdefault(clean(r.notebook), [0.0, 0.0])
         total[0] += r.points
         total[1] += r.max_points
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
@@ -426,31 +516,48 @@ def table(rows: Sequence[Result]) -> str:
 
 
 def write_csv(rows: Sequence[Result], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:g}" if isinstance(v, float) else v) for k, v in dataclasses.asdict(r).items()})
+    """Write the score table atomically: a new file renamed over ``path`` (a symlink there is
+    replaced, never followed)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: (f"{v:g}" if isinstance(v, float) else clean(str(v))) for k, v in
+                                 dataclasses.asdict(r).items()})
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gptcourse.grade", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", type=Path, help="students' lab notebooks")
     parser.add_argument("--csv", type=Path, help="also write the score table here (one row per notebook and exercise)")
-    parser.add_argument("--solutions", type=Path, default=labs.ROOT / "solutions", help="where the solution notebooks are")
+    parser.add_argument("--solutions", type=Path, default=labs.ROOT / "solutions",
+                        help="where the solution notebooks are")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per cell (default %(default)s)")
     parser.add_argument("--size", default="smoke", choices=["smoke", "cpu", "gpu"], help="GPTCOURSE_SIZE for the labs")
     parser.add_argument("--keep", type=Path, help="save the executed notebooks here, for review")
+    parser.add_argument("--require-isolation", action="store_true",
+                        help="refuse to grade unless kernels can be isolated (root, bubblewrap, util-linux)")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.notebooks if not p.is_file()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
     status = 0
     try:
-        rows = grade(args.notebooks, args.solutions, timeout=args.timeout, size=args.size, keep=args.keep,
-                     log=lambda line: print(line, file=sys.stderr))
+        box = sandbox.choose(require_isolation=args.require_isolation)
+    except RuntimeError as err:
+        parser.error(str(err))
+    try:
+        rows = grade(args.notebooks, args.solutions, timeout=args.timeout, size=args.size, keep=args.keep, box=box,
+                     log=lambda line: print(clean(line), file=sys.stderr))
     except TamperError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {clean(str(err))}", file=sys.stderr)
         rows, status = err.rows, 2
     print(table(rows))
     if args.csv:

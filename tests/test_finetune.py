@@ -6,9 +6,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcourse.finetune import (Example, GPTClassifier, SpeakerTask, TaskTokenizer, build_speaker_task, classifier_logits,
-                                collate, combined_loss, evaluate, finetune, hidden_and_logits, lm_targets,
-                                pretraining_text, speeches)
+from gptcourse.finetune import (
+    Example,
+    GPTClassifier,
+    SpeakerTask,
+    TaskTokenizer,
+    build_speaker_task,
+    classifier_logits,
+    collate,
+    combined_loss,
+    evaluate,
+    finetune,
+    hidden_and_logits,
+    lm_targets,
+    pretraining_text,
+    speeches,
+)
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.tokenizers import CharTokenizer
 
@@ -171,16 +184,16 @@ def test_finetune_learns_a_separable_task():
     assert history.val_accuracy == 1.0 and history.val_accuracy == evaluate(model, examples, tok)[0]
 
 
-def test_lab13_checks_pass_the_reference_and_catch_common_mistakes():
-    from gptcourse.grading import GradingError, lab13
+def test_lab13_specs_accept_the_package_and_catch_common_mistakes():
+    from gptcourse.grading import GradingError, check
 
-    lab13.check_classifier_logits(classifier_logits)
-    lab13.check_combined_loss(combined_loss)
+    check("lab13.classifier_logits", classifier_logits, seed=0)
+    check("lab13.combined_loss", combined_loss, seed=0)
     with pytest.raises(GradingError, match="LAST position"):
-        lab13.check_classifier_logits(lambda hidden, pos, head: head(hidden[:, -1]))
+        check("lab13.classifier_logits", lambda hidden, pos, head: head(hidden[:, -1]), seed=0)
     with pytest.raises(GradingError, match="ignore_index"):
-        lab13.check_combined_loss(lambda c, y, lm, t, lam: (
+        check("lab13.combined_loss", lambda c, y, lm, t, lam: (
             F.cross_entropy(c, y) + lam * F.cross_entropy(lm.flatten(0, 1), t.flatten().clamp(min=0)),
-            F.cross_entropy(c, y), F.cross_entropy(lm.flatten(0, 1), t.flatten().clamp(min=0))))
+            F.cross_entropy(c, y), F.cross_entropy(lm.flatten(0, 1), t.flatten().clamp(min=0))), seed=0)
     with pytest.raises(NotImplementedError):
-        lab13.check_combined_loss(lambda *args: (_ for _ in ()).throw(NotImplementedError()))
+        check("lab13.combined_loss", lambda *args: (_ for _ in ()).throw(NotImplementedError()), seed=0)

@@ -1,69 +1,110 @@
-"""Checks for Lab 4 (scaled dot-product attention), against :mod:`gptcourse.attention` on fresh
-random shapes: ``scaled_scores(q, k)`` and ``attention(q, k, v, mask=None)`` (True = may attend)."""
+"""Exercise specs for Lab 4 (scaled dot-product attention): ``scaled_scores(q, k)`` and
+``attention(q, k, v, mask=None)`` (mask True = may attend), against :mod:`gptcourse.attention`."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from gptcourse import attention as ref
-from gptcourse.grading import call_learner, exercise, expect_close, expect_shape, fail
+from gptcourse.grading.spec import Case, Misconception, Spec
 
 
-def random_qkv() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fresh ``q (..., T, d)``, ``k (..., S, d)``, ``v (..., S, dv)`` with random sizes and 0 to 2
-    leading (batch, head) dimensions; unseeded, so every run tests new inputs."""
-    lead = tuple(torch.randint(1, 4, (int(torch.randint(0, 3, ())),)).tolist())
-    T, S, d, dv = torch.randint(1, 12, (4,)).tolist()
-    return torch.randn(*lead, T, d), torch.randn(*lead, S, d), torch.randn(*lead, S, dv)
+def _qkv(g: torch.Generator, lead: tuple[int, ...], T: int, S: int, d: int, dv: int) -> tuple[torch.Tensor, ...]:
+    return (torch.randn(*lead, T, d, generator=g), torch.randn(*lead, S, d, generator=g),
+            torch.randn(*lead, S, dv, generator=g))
 
 
-@exercise("lab04.scores")
-def check_scores(scaled_scores: Callable[..., Any], trials: int = 20) -> None:
-    """``scaled_scores(q, k)`` is ``q k^T / sqrt(d)``, shape ``(..., T, S)``."""
-    for _ in range(trials):
-        q, k, _ = random_qkv()
-        what = f"scaled_scores(q {tuple(q.shape)}, k {tuple(k.shape)})"
-        got = call_learner(what, scaled_scores, q, k)
-        expected = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
-        expect_shape(what, got, tuple(expected.shape))
-        d = q.size(-1)
-        if d > 1 and torch.allclose(got, expected * math.sqrt(d), atol=1e-5):
-            fail(f"{what} is not scaled", f"divide by sqrt(d) = sqrt({d})")
-        if d > 1 and torch.allclose(got, expected / math.sqrt(d), atol=1e-5):
-            fail(f"{what} is divided by d, not by sqrt(d)", "use math.sqrt(q.size(-1))")
-        expect_close(what, got, expected, hint="transpose the last two dimensions of k: k.transpose(-2, -1)")
+def _sizes(g: torch.Generator) -> tuple[int, int, int, int]:
+    T, S, d, dv = (int(x) for x in torch.randint(2, 12, (4,), generator=g))
+    return T, S if S != d else S + 1, d, dv  # S != d, so a scale by the wrong size shows
 
 
-@exercise("lab04.attention")
-def check_attention(attention: Callable[..., Any], trials: int = 20) -> None:
-    """``attention(q, k, v, mask=None)`` equals the package's, with no mask and with boolean masks."""
-    for _ in range(trials):
-        q, k, v = random_qkv()
-        T, S = q.size(-2), k.size(-2)
-        what = f"attention(q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)})"
-        expect_close(what, call_learner(what, attention, q, k, v), ref.attention(q, k, v),
-                     hint="softmax over the LAST dimension (the keys), then multiply by v")
-        mask = torch.rand(T, S) < 0.6
-        mask[:, 0] = True  # every query may see at least one key
-        what_m = what[:-1] + f", mask {tuple(mask.shape)})"
-        got = call_learner(what_m, attention, q, k, v, mask)
-        expected = ref.attention(q, k, v, mask)
-        flipped = ~mask
-        flipped[~flipped.any(-1)] = True
-        if (S > 1 and isinstance(got, torch.Tensor) and got.shape == expected.shape
-                and not torch.allclose(got, expected, atol=1e-5)
-                and torch.allclose(got, ref.attention(q, k, v, flipped), atol=1e-5)):
-            fail(f"{what_m} attends where the mask is False",
-                 "True means 'may attend': fill the scores where ~mask with -inf")
-        expect_close(what_m, got, expected,
-                     hint="set the scores where mask is False to -inf before the softmax: masked_fill(~mask, ...)")
-        # a query that may see only one key copies that key's value
-        only_last = torch.zeros(T, S, dtype=torch.bool)
-        only_last[:, -1] = True
-        what_1 = what[:-1] + ", a mask that allows only the last key)"
-        expect_close(what_1, call_learner(what_1, attention, q, k, v, only_last),
-                     v[..., -1:, :].expand(*v.shape[:-2], T, v.size(-1)))
+def score_cases(g: torch.Generator) -> list[Case]:
+    cases = [Case("no leading dimensions, T != S", _qkv(g, (), 3, 5, 4, 4)[:2]),
+             Case("a batch dimension", _qkv(g, (2,), 4, 6, 8, 8)[:2]),
+             Case("batch and head dimensions", _qkv(g, (2, 3), 5, 2, 6, 6)[:2]),
+             Case("one query (T = 1)", _qkv(g, (2,), 1, 7, 3, 3)[:2])]
+    for i in range(4):
+        T, S, d, dv = _sizes(g)
+        lead = tuple(int(x) for x in torch.randint(1, 4, (i % 3,), generator=g))
+        cases.append(Case(f"random sizes {i + 1}", _qkv(g, lead, T, S, d, dv)[:2]))
+    return cases
+
+
+def reference_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+
+
+def _softmax_inside(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(reference_scores(q, k), dim=-1)
+
+
+SCORES = Spec(
+    id="lab04.scores", points=2, name="scaled_scores", reference=reference_scores, cases=score_cases,
+    hint="the score of query t and key s is the dot product of q[..., t, :] and k[..., s, :], divided by sqrt(d)",
+    forbidden=("gptcourse.attention.attention", "torch.nn.functional.scaled_dot_product_attention"),
+    misconceptions=(
+        Misconception("not scaled", lambda q, k: q @ k.transpose(-2, -1),
+                      "the dot products are not scaled: divide by the square root of the key size d"),
+        Misconception("divided by d", lambda q, k: q @ k.transpose(-2, -1) / q.size(-1),
+                      "the scale is sqrt(d), not d: it keeps the scores' variance near 1 (Vaswani et al. 2017)"),
+        Misconception("scaled by the number of keys", lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(k.size(-2)),
+                      "d is the size of each query and key vector (the last dimension), not the number of keys"),
+        Misconception("softmax already applied", _softmax_inside,
+                      "this function returns the scores before the softmax; the softmax is the next step"),
+    ),
+)
+
+
+def attention_cases(g: torch.Generator) -> list[Case]:
+    cases = [Case("no mask, no leading dimensions", _qkv(g, (), 3, 5, 4, 6)),
+             Case("no mask, batch and head dimensions", _qkv(g, (2, 2), 4, 4, 8, 3))]
+    q, k, v = _qkv(g, (2,), 4, 6, 5, 5)
+    mask = torch.rand(4, 6, generator=g) < 0.5
+    mask[:, 0] = True  # every query may see at least one key
+    cases.append(Case("a boolean mask", (q, k, v, mask)))
+    q, k, v = _qkv(g, (), 5, 5, 4, 4)
+    cases.append(Case("a causal mask", (q, k, v, torch.ones(5, 5, dtype=torch.bool).tril())))
+    q, k, v = _qkv(g, (3,), 2, 4, 4, 2)
+    only_last = torch.zeros(2, 4, dtype=torch.bool)
+    only_last[:, -1] = True
+    cases.append(Case("a mask that allows only the last key", (q, k, v, only_last)))
+    for i in range(3):
+        T, S, d, dv = _sizes(g)
+        q, k, v = _qkv(g, (2,) * (i % 3), T, S, d, dv)
+        mask = torch.rand(T, S, generator=g) < 0.6
+        mask[:, -1] = True
+        cases.append(Case(f"random sizes and mask {i + 1}", (q, k, v, mask)))
+    return cases
+
+
+def _weights_then_values(dim: int, fill: float | None, flip: bool = False, scale: bool = True):
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores = q @ k.transpose(-2, -1) / (math.sqrt(q.size(-1)) if scale else 1.0)
+        if mask is not None and fill is not None:
+            scores = scores.masked_fill(mask if flip else ~mask, fill)
+        return torch.softmax(scores, dim=dim) @ v
+    return attend
+
+
+ATTENTION = Spec(
+    id="lab04.attention", points=3, name="attention", reference=ref.attention, cases=attention_cases,
+    hint="weights = softmax(scaled scores, over the keys); output = weights @ v; masked positions get weight 0",
+    forbidden=("gptcourse.attention.attention", "torch.nn.functional.scaled_dot_product_attention"),
+    misconceptions=(
+        Misconception("softmax over the queries", _weights_then_values(-2, float("-inf")),
+                      "the softmax normalises each query's weights over the keys: the last dimension of the scores"),
+        Misconception("mask ignored", _weights_then_values(-1, None),
+                      "a mask was passed: positions where it is False must get weight 0"),
+        Misconception("mask inverted", _weights_then_values(-1, -1e9, flip=True),
+                      "True in the mask means 'may attend': it is the False positions that are hidden"),
+        Misconception("masked with zero", _weights_then_values(-1, 0.0),
+                      "a score of 0 still gets weight exp(0) > 0 after the softmax: hidden scores must be -inf"),
+        Misconception("not scaled", _weights_then_values(-1, float("-inf"), scale=False),
+                      "scale the scores by 1/sqrt(d) before the softmax"),
+    ),
+)
+
+SPECS = (SCORES, ATTENTION)
