@@ -28,11 +28,13 @@ def variants():
     v = {"solved": read(SOLVED), "unsolved": read(UNSOLVED)}
     v["other_way"] = replace(replace(read(UNSOLVED), "def scaled_scores", OTHER_SCORES), "def attention",
                              OTHER_ATTENTION)
-    # the checks rebound through the notebook's namespace and the modules the graded cells import
+    # the checks rebound through the notebook's namespace and the modules the graded cells import, and
+    # IPython's run_code replaced so that no later cell runs
     v["rebound"] = insert_after(read(UNSOLVED), "def attention", (
         "import gptcourse.grading as g, gptcourse.grading.collect as c\n"
         "g.check = lambda *a, **k: print('PASSED')\nc.collect = lambda *a, **k: print('PASSED')\n"
-        "check = g.check\ncollect = c.collect"))
+        "check = g.check\ncollect = c.collect\n"
+        "get_ipython().run_code = lambda *a, **k: print('PASSED')"))
     # answers that change their inputs, so that an expectation computed afterwards would agree
     v["mutates"] = replace(replace(read(UNSOLVED), "def scaled_scores", (
         "def scaled_scores(q, k):\n    q.zero_(); k.zero_()\n    return q @ k.transpose(-2, -1)")),

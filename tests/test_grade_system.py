@@ -46,14 +46,16 @@ def variants(tmp: Path):
         "        except KeyboardInterrupt:\n            pass"))
     # a cell that prints 60 MB: the grader keeps a bounded amount of it, and grades the rest
     v["flood"] = insert_after(read(SOLVED), "def scaled_scores", "for _ in range(600):\n    print('x' * 100_000)")
-    # code meant to outlive the notebook: start-up files for the next kernel, rewritten course files and
-    # solutions, and detached processes that would rewrite results after the grader exits
+    # code meant to outlive the notebook: start-up files for the next kernel, rewritten course files, a
+    # stale .pyc, rewritten solutions, and detached processes that would rewrite results after the grader exits
     v["outlive"] = insert_after(read(SOLVED), "def attention", (
         "import os, subprocess, sys, pathlib, gptcourse.grading.lab04 as spec\n"
         "def attempt(write):\n    try:\n        write()\n    except OSError as err:\n        print('blocked:', err)\n"
         f"attempt(lambda: pathlib.Path({str(SITE / 'sitecustomize.py')!r}).write_text('import os'))\n"
         f"attempt(lambda: pathlib.Path({str(SITE / f'evil-{TOKEN}.pth')!r}).write_text('import os'))\n"
         "attempt(lambda: pathlib.Path(spec.__file__).write_text('SPECS = ()'))\n"
+        "attempt(lambda: (pathlib.Path(spec.__file__).parent / '__pycache__' / 'harness.cpython-311.pyc')"
+        ".write_bytes(b'stale'))\n"
         f"attempt(lambda: pathlib.Path({str(SOLVED)!r}).write_text('{{}}'))\n"
         f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', 'orphan-{TOKEN}'], "
         "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"

@@ -4,11 +4,14 @@ and the solutions' graded cells name exactly the table's exercises, with the tab
 
 from __future__ import annotations
 
+import math
+
 import nbformat
 import pytest
+import torch
 
 from gptcourse import labs
-from gptcourse.grading import harness
+from gptcourse.grading import check, harness
 
 SPECS = harness.all_specs()
 
@@ -42,3 +45,32 @@ def test_a_spec_without_misconceptions_is_a_defect():
     assert any("at least 3 needed" in p for p in harness.audit(bare, seeds=(0,)))
     swapped = dataclasses.replace(spec, misconceptions=(spec.misconceptions[0],) * 2 + spec.misconceptions[1:])
     assert any("share a name" in p for p in harness.audit(swapped, seeds=(0,)))
+
+
+class NanoGPTStyleGQA(torch.nn.Module):
+    """A correct answer in nanoGPT's style: a causal-mask buffer and a dropout module beside the
+    parameters (the old checks rejected it), grouped heads by repeat_interleave."""
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int):
+        super().__init__()
+        if n_head % n_kv_head:
+            raise ValueError("n_head must be a multiple of n_kv_head")
+        self.n_head, self.n_kv_head, self.hd = n_head, n_kv_head, n_embd // n_head
+        self.c_attn = torch.nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.hd)
+        self.c_proj = torch.nn.Linear(n_embd, n_embd)
+        self.attn_dropout = torch.nn.Dropout(0.1)
+        self.register_buffer("bias", torch.tril(torch.ones(64, 64, dtype=torch.bool)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split([self.n_head * self.hd] + [self.n_kv_head * self.hd] * 2, dim=-1)
+        q, k, v = (t.view(B, T, -1, self.hd).transpose(1, 2) for t in (q, k, v))
+        k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
+        att = (q @ k.transpose(-2, -1) / math.sqrt(self.hd)).masked_fill(~self.bias[:T, :T], float("-inf"))
+        y = self.attn_dropout(att.softmax(-1)) @ v
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_module_with_a_causal_mask_buffer_is_accepted(seed):
+    check("lab06.gqa", NanoGPTStyleGQA, seed=seed)
