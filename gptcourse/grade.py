@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import os
 import re
 import secrets
@@ -46,7 +47,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from gptcourse import labs
-from gptcourse.grading import harness, sandbox, scan
+from gptcourse.grading import harness, sandbox, scan, values
 from gptcourse.grading.collect import MIME
 from gptcourse.grading.spec import Spec
 
@@ -121,10 +122,6 @@ class Solution:
         missing = set(specs) - {e.spec.id for e in self.exercises}
         if missing:
             raise ValueError(f"{path}: no graded cell for {sorted(missing)}")
-
-    @property
-    def max_points(self) -> float:
-        return sum(e.spec.points for e in self.exercises)
 
 
 def load_solutions(solutions_dir: Path) -> dict[str, Solution]:
@@ -246,18 +243,22 @@ class _SandboxedKernel(AsyncKernelManager):
 
 class _BoundedClient(NotebookClient):
     """Keeps at most :data:`OUTPUT_BUDGET` bytes of ordinary output per notebook (a cell that
-    prints forever cannot fill the grader's memory); the collecting cells' results always stay."""
+    prints forever cannot fill the grader's memory), and every collected result of at most
+    ``values.MAX_BYTES`` (a larger one is dropped, so its exercise has no result)."""
 
     budget = OUTPUT_BUDGET
 
     def output(self, outs, msg, display_id, cell_index):
         content = msg.get("content", {})
-        ours = MIME in content.get("data", {}) if isinstance(content.get("data"), dict) else False
+        data = content.get("data")
         size = len(repr(content))
-        if not ours:
-            if size > self.budget:
-                self.budget = 0
+        if isinstance(data, dict) and MIME in data:
+            if size > values.MAX_BYTES:
                 return None
+        elif size > self.budget:
+            self.budget = 0
+            return None
+        else:
             self.budget -= size
         return super().output(outs, msg, display_id, cell_index)
 
@@ -268,7 +269,6 @@ def _kernel_spec(folder: Path, box: sandbox.Sandbox, workdir: Path, course: Path
     spec_dir = folder / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
     # interrupts go over the control channel: the kernel signals itself inside its namespace
-    import json
     (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "gptcourse grading",
                                                       "language": "python", "interrupt_mode": "message"}))
     return KernelSpecManager(kernel_dirs=[str(folder / "kernels")], ensure_native_kernel=False)
@@ -308,8 +308,9 @@ def run_notebook(path: Path, student: nbformat.NotebookNode, solution: Solution,
     package = read_package() if package is None else package
     seeds = {e.spec.id: secrets.randbelow(2**31) for e in solution.exercises}
     nb, graded = assemble(student, solution, seeds)
-    flags = scan.flags(student, solution)
-    everywhere = scan.suspicious(student, solution.sources)
+    parsed = scan.parse_cells(student)
+    flags = scan.flags(parsed, solution)
+    everywhere = scan.suspicious(parsed, solution.sources)
     notes: list[str] = []
     reached: dict[int, str] = {}  # graded cells that never ran normally: index -> status
     with tempfile.TemporaryDirectory(prefix="gptcourse-grade-") as tmp:

@@ -7,7 +7,6 @@ the parallel runner; helpers here build the notebooks and read the rows."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -67,8 +66,7 @@ class Graded:
         return " ".join(r.flags for (name, _), r in self.rows.items() if name == variant and r.flags)
 
 
-def grade_all(tmp: Path, variants: dict[str, nbformat.NotebookNode | bytes], box=None,
-              run: Callable[..., list] | None = None, **kwargs) -> Graded:
+def grade_all(tmp: Path, variants: dict[str, nbformat.NotebookNode | bytes], box=None, **kwargs) -> Graded:
     """Grade every variant (written as ``lab04_<name>.ipynb``, or raw bytes) in one run."""
     tmp.mkdir(parents=True, exist_ok=True)
     paths = []

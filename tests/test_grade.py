@@ -3,6 +3,7 @@ identification, the static scan, and the score table."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import nbformat
@@ -23,7 +24,7 @@ def solutions():
 def test_values_round_trip_plain_data_only():
     value = {"t": torch.tensor([[1.5, float("nan")], [float("inf"), -0.0]]), "ids": torch.tensor([3, 1]),
              "mask": torch.tensor([True, False]), "pair": (1, "a"), "list": [None, b"\x00\xff"], 2.5: math.inf}
-    back = values.decode(values.loads(values.dumps(values.encode(value))))
+    back = values.decode(json.loads(json.dumps(values.encode(value), allow_nan=False)))  # JSON, as sent
     assert back.keys() == value.keys() and back["pair"] == (1, "a") and back["list"] == [None, b"\x00\xff"]
     torch.testing.assert_close(back["t"], value["t"], equal_nan=True)
     assert back["ids"].dtype == torch.int64 and back["mask"].dtype == torch.bool and back[2.5] == math.inf
@@ -90,7 +91,7 @@ def test_scan_finds_forbidden_references_through_aliases(solutions):
         if c.source.startswith("def attention"):
             student.cells[i].source = ("import gptcourse.attention as A\n\ndef attention(q, k, v, mask=None):\n"
                                        "    return A.attention(q, k, v, mask)")
-    flags = scan.flags(student, solutions["lab04"])
+    flags = scan.flags(scan.parse_cells(student), solutions["lab04"])
     assert "uses gptcourse.attention.attention" in flags["lab04.attention"]
     assert "uses gptcourse.attention.attention" not in flags.get("lab04.scores", [])
 
@@ -109,3 +110,20 @@ def test_copy_ratio_sees_through_comments_and_spacing_not_through_rewrites():
 def test_clean_makes_control_characters_visible():
     assert grade.clean("a\nb\x1b[2K") == "a\\x0ab\\x1b[2K"
     assert grade.clean("x" * 100, 10) == "xxxxxxx..."
+
+
+def test_the_grader_drops_a_reply_over_its_size_bound(monkeypatch):
+    """A kernel cannot fill the grader's memory through its collected results either."""
+    client = grade._BoundedClient(nbformat.v4.new_notebook())
+    client.reset_execution_trackers()  # the state nbclient sets up before running a cell
+    client.clear_before_next_output = False
+
+    def reply(size):
+        content = {"data": {grade.MIME: {"outcomes": "x" * size}}, "metadata": {}}
+        return {"msg_type": "display_data", "parent_header": {"msg_id": "m"}, "header": {"msg_type": "display_data"},
+                "content": content}
+
+    monkeypatch.setattr(grade.values, "MAX_BYTES", 1000)
+    outs: list = []
+    assert client.output(outs, reply(10), None, 0) is not None and len(outs) == 1
+    assert client.output(outs, reply(2000), None, 0) is None and len(outs) == 1

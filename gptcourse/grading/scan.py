@@ -109,11 +109,19 @@ def solution_code(source: str) -> str:
     return "\n".join(out)
 
 
-def flags(student: Any, solution: Solution) -> dict[str, list[str]]:
-    """Exercise id -> what the instructor should look at in the student's exercise code."""
+def parse_cells(student: Any) -> tuple[list[Any], list[ast.Module | None], dict[str, str]]:
+    """A notebook's code cells, their syntax trees (None where a cell does not parse) and the
+    names its imports bind: what :func:`flags` and :func:`suspicious` read, parsed once."""
     cells = [c for c in student.cells if c.get("cell_type") == "code"]
     trees = [_parse(c.get("source", "")) for c in cells]
-    aliases = _aliases([t for t in trees if t is not None])
+    return cells, trees, _aliases([t for t in trees if t is not None])
+
+
+def flags(parsed: tuple[list[Any], list[ast.Module | None], dict[str, str]],
+          solution: Solution) -> dict[str, list[str]]:
+    """Exercise id -> what the instructor should look at in the student's exercise code
+    (``parsed`` from :func:`parse_cells`)."""
+    cells, trees, aliases = parsed
     names = {e.spec.name: e.spec.id for e in solution.exercises}
     out: dict[str, list[str]] = {}
     for cell, tree in zip(cells, trees):
@@ -149,13 +157,13 @@ SUSPICIOUS = {
 }
 
 
-def suspicious(student: Any, solution_sources: set[str]) -> list[str]:
+def suspicious(parsed: tuple[list[Any], list[ast.Module | None], dict[str, str]],
+               solution_sources: set[str]) -> list[str]:
     """What in the student's own cells (those not identical to a cell of the solution) touches the
-    grading machinery or the interpreter: flags for a reader, not verdicts."""
+    grading machinery or the interpreter: flags for a reader, not verdicts (``parsed`` from
+    :func:`parse_cells`)."""
     found = set()
-    cells = [c for c in student.cells if c.get("cell_type") == "code"]
-    trees = [_parse(c.get("source", "")) for c in cells]
-    aliases = _aliases([t for t in trees if t is not None])
+    cells, trees, aliases = parsed
     for cell, tree in zip(cells, trees):
         if cell.get("source", "").strip() in solution_sources:
             continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -221,8 +222,16 @@ class Spec:
     hint: str = "re-read the exercise's description; the message says which value is wrong."
     forbidden: tuple[str, ...] = ()
 
-    def make_cases(self, seed: int) -> list[Case]:
-        cases = list(self.cases(torch.Generator().manual_seed(seed)))
-        if not cases:
-            raise ValueError(f"{self.id}: its case generator made no case")
-        return cases
+    def make_cases(self, seed: int) -> tuple[Case, ...]:
+        """The cases of ``seed``, built once: :func:`gptcourse.grading.harness.attempt` and
+        :func:`~gptcourse.grading.harness.judge` (and an audit's every misconception) share them,
+        and only ever run answers on copies (:func:`copy_case`)."""
+        return _cases(self, seed)
+
+
+@functools.lru_cache(maxsize=32)
+def _cases(spec: Spec, seed: int) -> tuple[Case, ...]:
+    cases = tuple(spec.cases(torch.Generator().manual_seed(seed)))
+    if not cases:
+        raise ValueError(f"{spec.id}: its case generator made no case")
+    return cases

@@ -2,7 +2,8 @@
 
 An exercise's outputs travel from the learner's kernel to the grader as JSON built from tensors,
 numbers, strings, bytes, ``None``, lists, tuples and dicts of these. Nothing is pickled, so nothing
-the kernel sends can run code in the grader; :func:`decode` also bounds size and depth.
+the kernel sends can run code in the grader; :func:`decode` bounds the depth, and the grader drops
+a reply larger than :data:`MAX_BYTES` as it arrives (``gptcourse.grade``).
 
 >>> decode(encode({"probs": torch.tensor([0.25, 0.75]), "k": (1, 2)}))
 {'probs': tensor([0.2500, 0.7500]), 'k': (1, 2)}
@@ -10,7 +11,6 @@ the kernel sends can run code in the grader; :func:`decode` also bounds size and
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -100,13 +100,3 @@ def _list(data: Any) -> list:
         raise ValueFormatError("expected a list")
     return data
 
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, allow_nan=False)
-
-
-def loads(text: str) -> Any:
-    """Parse a reply, refusing one over :data:`MAX_BYTES`."""
-    if len(text) > MAX_BYTES:
-        raise ValueFormatError(f"the reply is larger than {MAX_BYTES // 2**20} MiB")
-    return json.loads(text)
