@@ -55,3 +55,42 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, gra
         scaler.update()
     else:
         optimizer.step()
+
+
+def heldout_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 64) -> float:
+    """Mean cross-entropy (nats per token) of ``model`` on every token of ``ids`` after the first.
+
+    The way to compare a model with a counting model that scores a whole held-out text (Chapter 1's
+    n-grams): every token is scored exactly once, not a random sample of batches. Windows of
+    ``block_size`` tokens overlap by half, and each window after the first scores only its second
+    half, so every token but the first ``block_size // 2`` is predicted from at least
+    ``block_size // 2`` tokens of context (non-overlapping windows would predict one token in
+    ``block_size`` from no context at all). ``model(x, y)`` must return ``(logits, loss)`` for
+    ``x, y`` of shape ``(B, T)``, as :class:`gptcourse.model.GPT` does.
+    """
+    if ids.dim() != 1 or len(ids) < 2:
+        raise ValueError("ids must be a 1-D tensor of at least 2 token ids")
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
+    T = min(block_size, len(ids) - 1)
+    half = T // 2
+    starts = list(range(0, len(ids) - 1 - T + 1, T - half))
+    if starts[-1] + T < len(ids) - 1:  # the last window ends on the last token
+        starts.append(len(ids) - 1 - T)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    scored_to = 0  # targets ids[1 : scored_to + 1] have been scored
+    with evaluating(model):
+        for i in range(0, len(starts), batch_size):
+            chunk = starts[i:i + batch_size]
+            x = torch.stack([ids[s:s + T] for s in chunk]).to(device)
+            y = torch.stack([ids[s + 1:s + T + 1] for s in chunk]).to(device)
+            logits, _ = model(x, y)
+            nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+            nll = nll.view(len(chunk), T)
+            for row, s in zip(nll, chunk):
+                first = scored_to - s  # positions before this were scored by an earlier window
+                total += row[first:].sum().item()
+                count += T - first
+                scored_to = s + T
+    return total / count

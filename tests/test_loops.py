@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from gptcourse.loops import evaluating, optimizer_step
+from gptcourse.loops import evaluating, heldout_loss, optimizer_step
+from gptcourse.model import GPT, GPTConfig
 
 
 def tiny(seed: int = 0) -> torch.nn.Module:
@@ -97,3 +98,42 @@ def test_loops_imports_nothing_else_from_the_package():
     code = "import sys, gptcourse.loops; print(sorted(m for m in sys.modules if m.startswith('gptcourse')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['gptcourse', 'gptcourse.loops']"
+
+
+class _PerPosition(torch.nn.Module):
+    """Logits at each position from the last token only (a bigram table), for (B, T) inputs."""
+
+    def __init__(self, vocab_size: int, seed: int = 0):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab_size, vocab_size, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, x, y):
+        return self.table[x], None
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 9, 10, 37, 101])
+@pytest.mark.parametrize("block_size", [2, 5, 8])
+def test_heldout_loss_scores_every_token_after_the_first_exactly_once(n, block_size):
+    # a bigram model's loss on a token does not depend on the window, so any token scored twice,
+    # or missed, moves the mean away from the plain mean over all n - 1 pairs
+    ids = torch.randint(0, 7, (n,), generator=torch.Generator().manual_seed(n))
+    model = _PerPosition(7)
+    expected = torch.nn.functional.cross_entropy(model.table[ids[:-1]], ids[1:]).item()
+    assert heldout_loss(model, ids, block_size, batch_size=3) == pytest.approx(expected, rel=1e-6)
+
+
+def test_heldout_loss_of_a_gpt_is_its_loss_on_the_whole_text_when_it_fits_one_window():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    ids = torch.randint(0, 11, (17,), generator=torch.Generator().manual_seed(1))
+    _, loss = model(ids[None, :-1], ids[None, 1:])
+    assert heldout_loss(model, ids, 16) == pytest.approx(loss.item(), rel=1e-6)
+    # with shorter windows the later tokens lose some context, so the number changes
+    assert heldout_loss(model, ids, 4) != pytest.approx(loss.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("ids, block_size", [(torch.tensor([3]), 8), (torch.zeros(2, 5, dtype=torch.long), 8),
+                                             (torch.arange(10), 1)])
+def test_heldout_loss_rejects_what_it_cannot_score(ids, block_size):
+    with pytest.raises(ValueError):
+        heldout_loss(_PerPosition(11), ids, block_size)
