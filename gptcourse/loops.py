@@ -88,7 +88,7 @@ def heldout_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, bat
             logits, _ = model(x, y)
             nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
             nll = nll.view(len(chunk), T)
-            for row, s in zip(nll, chunk):
+            for row, s in zip(nll, chunk, strict=True):
                 first = scored_to - s  # positions before this were scored by an earlier window
                 total += row[first:].sum().item()
                 count += T - first

@@ -210,10 +210,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write ``state`` with ``torch.save`` to a temporary file, then rename it over ``path``: a
-    crash mid-write leaves the previous checkpoint intact."""
+    crash mid-write leaves the previous checkpoint intact, and two processes writing the same path
+    at once (notebooks run in parallel) each rename a whole file of their own."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 

@@ -105,7 +105,8 @@ class _PerPosition(torch.nn.Module):
 
     def __init__(self, vocab_size: int, seed: int = 0):
         super().__init__()
-        self.table = torch.nn.Parameter(torch.randn(vocab_size, vocab_size, generator=torch.Generator().manual_seed(seed)))
+        generator = torch.Generator().manual_seed(seed)
+        self.table = torch.nn.Parameter(torch.randn(vocab_size, vocab_size, generator=generator))
 
     def forward(self, x, y):
         return self.table[x], None

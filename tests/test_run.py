@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from gptcourse import run
 
@@ -33,3 +34,44 @@ def test_the_loop_does_not_import_the_runs():
     """``train`` is below ``run``: importing the loop must not pull in the presets and the command line."""
     code = "import sys, gptcourse.train; print('gptcourse.run' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_checkpoint_path_names_the_preset_the_size_and_a_hash_of_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv(run.CHECKPOINT_ENV, str(tmp_path))
+    smoke, cpu = run.checkpoint_path("shakespeare-char", "smoke"), run.checkpoint_path("shakespeare-char", "cpu")
+    assert smoke.parent == tmp_path and smoke.name.startswith("shakespeare-char-smoke-") and smoke != cpu
+    assert run.checkpoint_path("shakespeare-char", "smoke") == smoke  # stable
+    original = run.preset
+
+    def changed(name, size):
+        model_kw, train_kw = original(name, size)
+        return model_kw, {**train_kw, "lr": train_kw["lr"] / 2}
+
+    monkeypatch.setattr(run, "preset", changed)
+    assert run.checkpoint_path("shakespeare-char", "smoke") != smoke  # a changed recipe never loads the old model
+
+
+def test_pretrained_trains_once_then_loads_the_same_model(shakespeare, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(run.CHECKPOINT_ENV, str(tmp_path))
+    first = run.pretrained("shakespeare-char", "smoke", "cpu")
+    assert first.trained and first.path.is_file() and "training preset" in capsys.readouterr().out
+    assert not first.model.training and len(first.history.train_loss) == run.preset("shakespeare-char", "smoke")[1][
+        "max_steps"]
+    again = run.pretrained("shakespeare-char", "smoke", "cpu")
+    assert not again.trained and again.path == first.path and again.history == first.history
+    for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert again.tokenizer.decode(again.tokenizer.encode("ROMEO:")) == "ROMEO:"
+    assert list(tmp_path.iterdir()) == [first.path]  # no temporary file left behind
+
+
+def test_pretrained_trains_again_when_the_checkpoint_no_longer_fits(shakespeare, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(run.CHECKPOINT_ENV, str(tmp_path))
+    first = run.pretrained("shakespeare-char", "smoke", "cpu")
+    state = torch.load(first.path, weights_only=False)
+    state["model"]["renamed.weight"] = state["model"].pop("lm_head.weight")
+    torch.save(state, first.path)
+    capsys.readouterr()
+    again = run.pretrained("shakespeare-char", "smoke", "cpu")
+    assert again.trained and "does not fit the model" in capsys.readouterr().out
+    assert "lm_head.weight" in torch.load(again.path, weights_only=False)["model"]
