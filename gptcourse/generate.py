@@ -4,9 +4,11 @@
 divided by the temperature, optionally restricted to the ``top_k`` most likely tokens and/or to the
 smallest set whose probability reaches ``top_p``, renormalised, and sampled.
 
-``repetition_penalty`` (CTRL, Keskar et al. 2019) makes tokens already in the context less
-likely before anything else: a positive logit is divided by the penalty, a negative one
-multiplied by it (so both move down); 1.0 turns it off.
+``repetition_penalty`` makes tokens already in the context less likely before anything else.
+CTRL (Keskar et al. 2019) introduced it as dividing those tokens' logits by the penalty, which
+makes a token with a negative logit *more* likely; this is Hugging Face's sign-aware form
+(``RepetitionPenaltyLogitsProcessor``): a positive logit is divided by the penalty, a negative one
+multiplied by it, so both move down (Chapter 11 shows the difference); 1.0 turns it off.
 """
 
 from __future__ import annotations
