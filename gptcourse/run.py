@@ -141,6 +141,8 @@ def pretrained(name: str = "shakespeare-char", size: str | None = None, device: 
     device = device or get_device()
     path = checkpoint_path(name, size)
     train_ids, val_ids, tokenizer = prepare_data(name)
+    config = TrainConfig(**preset(name, size)[1])
+    torch.manual_seed(config.seed)  # the initial weights of Chapter 10's run of the same preset
     model = GPT(model_config(name, size, tokenizer))
     if path.is_file():
         state = load_checkpoint(path)
@@ -151,7 +153,7 @@ def pretrained(name: str = "shakespeare-char", size: str | None = None, device: 
         else:
             return Pretrained(model.to(device).eval(), tokenizer, History(**state["history"]), path, False)
     print(f"no checkpoint at {path}: training preset {name} at the {size} size on {device}")
-    history = train(model, train_ids, val_ids, TrainConfig(**preset(name, size)[1]), device)
+    history = train(model, train_ids, val_ids, config, device)
     save_pretrained(name, model, history, size)
     return Pretrained(model.eval(), tokenizer, history, path, True)
 
