@@ -231,7 +231,8 @@ def collect_comparisons(model: GPT, prompts: list[str], k: int = 4, seed: int = 
     samples = [sample_responses(model, prompts, 1.0, generator, device) for _ in range(k)]
     comparisons = []
     for i, p in enumerate(prompts):
-        for a, b in combinations({s[i] for s in samples}, 2):
+        distinct = dict.fromkeys(s[i] for s in samples)  # drop repeats, keep the order they were sampled in
+        for a, b in combinations(distinct, 2):  # (a set's order would change with PYTHONHASHSEED)
             sa, sb = labeller_score(p, a), labeller_score(p, b)
             if abs(sa - sb) > min_gap:
                 comparisons.append(Comparison(p, a, b) if sa > sb else Comparison(p, b, a))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -72,6 +75,28 @@ def test_reward_model_learns_the_labellers_preferences():
     assert rlhf.preference_accuracy(rm, comparisons) == 0.0  # zero-initialised head: every reward ties
     rlhf.train_reward_model(rm, comparisons, steps=40, lr=3e-3, progress=False)
     assert rlhf.preference_accuracy(rm, comparisons) > 0.75
+
+
+_COMPARISONS = """
+import torch
+from gptcourse import rlhf
+from gptcourse.model import GPT, GPTConfig
+torch.manual_seed(0)
+policy = GPT(GPTConfig(vocab_size=rlhf.tokenizer().vocab_size, block_size=40, n_layer=1, n_head=2, n_embd=32))
+prompts = [p for p, _ in rlhf.instruction_set(rlhf.random_words(8, seed=0))]
+print([(c.chosen, c.rejected) for c in rlhf.collect_comparisons(policy, prompts, k=4)])
+"""
+
+
+def test_collected_comparisons_do_not_depend_on_pythons_hash_seed():
+    # string hashing changes with PYTHONHASHSEED from one process to the next: the pairs (and so
+    # the reward model and Chapter 16's outputs) must not follow a set's iteration order
+    outputs = set()
+    for hash_seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-c", _COMPARISONS], capture_output=True, text=True, env=env, check=True)
+        outputs.add(done.stdout)
+    assert len(outputs) == 1 and "[]" not in outputs
 
 
 def test_ppo_loss_clips_the_ratio():
