@@ -56,9 +56,9 @@ def sampling_distribution(logits: torch.Tensor, labels: Sequence[str], temperatu
     ax = ax if ax is not None else plt.gca()
     x = torch.arange(logits.numel())
     ax.bar(x - 0.2, before, width=0.4, color="0.75", label="softmax(logits)")
-    applied = [f"T={temperature}" if temperature != 1.0 else "", f"top-k {top_k}" if top_k else "",
-               f"top-p {top_p}" if top_p else ""]
-    applied = "greedy (T=0)" if temperature == 0 else ", ".join(a for a in applied if a)
+    steps = [f"T={temperature}" if temperature != 1.0 else "", f"top-k {top_k}" if top_k else "",
+             f"top-p {top_p}" if top_p else ""]
+    applied = "greedy (T=0)" if temperature == 0 else ", ".join(step for step in steps if step)
     ax.bar(x + 0.2, after, width=0.4, color="C0", label=f"after {applied}" if applied else "sampled (unchanged)")
     ax.set_xticks(x.tolist(), [repr(s)[1:-1] for s in labels], rotation=90, fontsize=8)
     ax.set_ylabel("probability")

@@ -12,8 +12,10 @@ Outside IPython (a script, a test) the sentence is printed instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from statistics import mean, stdev
+from statistics import mean, stdev, variance
+from typing import NamedTuple
 
 
 def say(markdown: str) -> None:
@@ -41,3 +43,24 @@ def mean_std(values: Sequence[float], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f} (one seed)"
     return f"{mean(values):.{digits}f} ± {stdev(values):.{digits}f} (n={len(values)}: {listed})"
+
+
+class Difference(NamedTuple):
+    """The gap between the means of two sets of results and its standard error (see :func:`difference`)."""
+
+    gap: float  # mean(b) - mean(a)
+    se: float  # the standard error of that gap
+
+    @property
+    def beyond_noise(self) -> bool:
+        """True when the gap is more than two standard errors: the course's test for "A beats B"."""
+        return abs(self.gap) > 2 * self.se
+
+
+def difference(a: Sequence[float], b: Sequence[float]) -> Difference:
+    """``mean(b) - mean(a)`` and its standard error ``sqrt(var(a)/n_a + var(b)/n_b)`` (sample
+    variances: Welch's form, for two independent sets of seeds). Each set needs two values or more."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"difference needs at least 2 values on each side to estimate the spread, got {len(a)} "
+                         f"and {len(b)}")
+    return Difference(mean(b) - mean(a), math.sqrt(variance(a) / len(a) + variance(b) / len(b)))

@@ -99,12 +99,16 @@ class Pretrained:
     trained: bool  # True when no checkpoint existed and the model was trained just now
 
 
+def vocab_size(tokenizer: CharTokenizer | tiktoken.Encoding) -> int:
+    """How many distinct tokens ``tokenizer`` makes (a CharTokenizer's characters, a tiktoken encoding's ids)."""
+    return tokenizer.vocab_size if isinstance(tokenizer, CharTokenizer) else tokenizer.n_vocab
+
+
 def model_config(name: str, size: str, tokenizer: CharTokenizer | tiktoken.Encoding) -> GPTConfig:
     """The GPTConfig of preset ``name`` at ``size``, its vocabulary that of ``tokenizer`` unless the
     preset pads it (GPT-2's 50,257 tokens to 50,304 on the GPU)."""
     model_kwargs, _ = preset(name, size)
-    vocab = tokenizer.vocab_size if isinstance(tokenizer, CharTokenizer) else tokenizer.n_vocab
-    model_kwargs.setdefault("vocab_size", vocab)
+    model_kwargs.setdefault("vocab_size", vocab_size(tokenizer))
     return GPTConfig(**model_kwargs)
 
 
@@ -201,9 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         print(describe())
         print(f"preset {args.preset} | size {size} | device {device} | {world} process(es) | "
               f"{model.num_params() / 1e6:.2f}M parameters | precision {resolve_precision(config.precision, device)}")
-        vocab = tokenizer.vocab_size if isinstance(tokenizer, CharTokenizer) else tokenizer.n_vocab
-        if model.config.vocab_size != vocab:
-            print(f"vocabulary: {vocab} real tokens, padded to {model.config.vocab_size}")
+        if model.config.vocab_size != vocab_size(tokenizer):
+            print(f"vocabulary: {vocab_size(tokenizer)} real tokens, padded to {model.config.vocab_size}")
     history = train(model, train_ids, val_ids, config, device)
     if rank == 0:
         print("step  train   val    elapsed  tokens/s   MFU")
