@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import tiktoken
@@ -112,24 +113,56 @@ def model_config(name: str, size: str, tokenizer: CharTokenizer | tiktoken.Encod
     return GPTConfig(**model_kwargs)
 
 
+def checkpoint_dir() -> Path:
+    """Where shared trained models live: ``$GPTCOURSE_CHECKPOINT_DIR``, default ``~/.cache/gptcourse/checkpoints``."""
+    return Path(os.environ.get(CHECKPOINT_ENV) or cache_dir() / "checkpoints")
+
+
+def config_digest(*recipe: object) -> str:
+    """A short stable hash of ``recipe`` (JSON-serialisable values): the part of a checkpoint's
+    name that changes whenever the model or the recipe that trained it does."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def checkpoint_path(name: str, size: str | None = None) -> Path:
-    """Where the shared model of preset ``name`` at ``size`` lives: ``$GPTCOURSE_CHECKPOINT_DIR``
-    (default ``~/.cache/gptcourse/checkpoints``) / ``{name}-{size}-{hash}.pt``, the hash being that
-    of the preset's model and training configuration, so that a changed recipe never loads an old
-    model (the vocabulary is not in it: it comes from the checksummed text)."""
+    """Where the shared model of preset ``name`` at ``size`` lives: :func:`checkpoint_dir` /
+    ``{name}-{size}-{hash}.pt``, the hash being that of the preset's model and training
+    configuration, so that a changed recipe never loads an old model (the vocabulary is not in it:
+    it comes from the checksummed text)."""
     size = size or get_size()
-    digest = hashlib.sha256(json.dumps(preset(name, size), sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(os.environ.get(CHECKPOINT_ENV) or cache_dir() / "checkpoints")
-    return root / f"{name}-{size}-{digest}.pt"
+    return checkpoint_dir() / f"{name}-{size}-{config_digest(preset(name, size))}.pt"
+
+
+def load_or_train(path: Path, model: GPT, train_model: Callable[[], History]) -> tuple[History, bool]:
+    """Fill ``model`` from the checkpoint at ``path`` and return ``(its History, False)``; when there
+    is none, or it no longer fits the model's code (a renamed parameter: said in a message), run
+    ``train_model()`` (which trains ``model`` in place and returns its History), save the result
+    atomically at ``path`` and return ``(history, True)``. Any chapter can share a model this way."""
+    if path.is_file():
+        state = load_checkpoint(path)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            print(f"{path} does not fit the model ({str(error).splitlines()[0]}); training it again")
+        else:
+            return History(**state["history"]), False
+    history = train_model()
+    save_trained(path, model, history)
+    return history, True
+
+
+def save_trained(path: Path, model: GPT, history: History) -> None:
+    """Save ``model``'s weights, config and ``history`` at ``path`` atomically (notebooks run in
+    parallel may write the same file at once), in the form :func:`load_or_train` reads."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_checkpoint(path, {"config": model.config.to_dict(), "model": state, "history": dataclasses.asdict(history)})
 
 
 def save_pretrained(name: str, model: GPT, history: History, size: str | None = None) -> Path:
     """Save ``model`` (trained on preset ``name`` at ``size``) and its ``history`` where
-    :func:`pretrained` finds them, atomically (notebooks run in parallel may write it at once)."""
+    :func:`pretrained` finds them."""
     path = checkpoint_path(name, size)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_checkpoint(path, {"preset": name, "config": model.config.to_dict(), "model": state,
-                           "history": dataclasses.asdict(history)})
+    save_trained(path, model, history)
     return path
 
 
@@ -148,18 +181,13 @@ def pretrained(name: str = "shakespeare-char", size: str | None = None, device: 
     config = TrainConfig(**preset(name, size)[1])
     torch.manual_seed(config.seed)  # the initial weights of Chapter 10's run of the same preset
     model = GPT(model_config(name, size, tokenizer))
-    if path.is_file():
-        state = load_checkpoint(path)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            print(f"{path} does not fit the model ({str(error).splitlines()[0]}); training it again")
-        else:
-            return Pretrained(model.to(device).eval(), tokenizer, History(**state["history"]), path, False)
-    print(f"no checkpoint at {path}: training preset {name} at the {size} size on {device}")
-    history = train(model, train_ids, val_ids, config, device)
-    save_pretrained(name, model, history, size)
-    return Pretrained(model.eval(), tokenizer, history, path, True)
+
+    def train_model() -> History:
+        print(f"no checkpoint at {path}: training preset {name} at the {size} size on {device}")
+        return train(model, train_ids, val_ids, config, device)
+
+    history, trained = load_or_train(path, model, train_model)
+    return Pretrained(model.to(device).eval(), tokenizer, history, path, trained)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptcourse import run
+from gptcourse.model import GPT, GPTConfig
 
 
 def test_presets_and_the_command_line(shakespeare, capsys, monkeypatch):
@@ -75,3 +76,27 @@ def test_pretrained_trains_again_when_the_checkpoint_no_longer_fits(shakespeare,
     again = run.pretrained("shakespeare-char", "smoke", "cpu")
     assert again.trained and "does not fit the model" in capsys.readouterr().out
     assert "lm_head.weight" in torch.load(again.path, weights_only=False)["model"]
+
+
+def test_load_or_train_trains_once_then_loads_the_same_weights(tmp_path):
+    path = tmp_path / "m.pt"
+    calls = []
+
+    def make():
+        torch.manual_seed(0)
+        return GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+
+    first = make()
+
+    def train_model():
+        calls.append(1)
+        with torch.no_grad():
+            first.lm_head.weight.add_(1.0)
+        return run.History(train_loss=[1.0])
+
+    history, trained = run.load_or_train(path, first, train_model)
+    assert trained and calls == [1] and path.is_file()
+    second = make()
+    history2, trained2 = run.load_or_train(path, second, train_model)
+    assert not trained2 and calls == [1] and history2.train_loss == [1.0]
+    torch.testing.assert_close(second.state_dict(), first.state_dict())
