@@ -14,7 +14,16 @@ The pieces, in the order a token meets them:
   probability); it equals ``alpha`` when routing is perfectly uniform and grows when it is not.
 
 :class:`MoE` puts them together, runs each expert only on its own tokens, and returns the layer's
-output together with its balancing loss (the model adds the losses of its layers);
+output together with its balancing loss (the model adds the losses of its layers). How the tokens
+reach their experts is chosen once, at construction:
+
+* without a capacity (``capacity_factor=None``, nothing dropped) the assignments are sorted by
+  expert, so each expert's tokens are one contiguous slice: one sort and one read of the ``E``
+  batch sizes per layer (the only host-device sync), whatever the number of experts;
+* with a capacity every expert has a fixed number of slots, so the inputs form one ``(E, capacity,
+  C)`` grid and all the experts run as one batched matrix product: every shape is known before the
+  data is seen, which is what ``torch.compile`` (and accelerators; GShard, Switch) need. This is the
+  path an MoE GPT compiles through with no graph break.
 :func:`moe_dense_reference` runs every token through every expert and weights the outputs by the
 gates (zero for unselected experts): the two agree (tested), the first does ``k / n_expert`` of
 the work. Shapes: ``N`` tokens (``B * T`` flattened), ``C`` model width, ``E`` experts.
@@ -27,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.func import functional_call
 
 from gptcourse.layers import MLP
 
@@ -69,18 +78,31 @@ def expert_capacity(n_tokens: int, n_expert: int, k: int, capacity_factor: float
     return math.ceil(capacity_factor * k * n_tokens / n_expert)
 
 
-def capacity_keep(experts: torch.Tensor, n_expert: int, capacity: int) -> torch.Tensor:
-    """Boolean ``(N, k)``: which assignments fit in their expert's ``capacity``.
+def expert_slots(experts: torch.Tensor, n_expert: int) -> torch.Tensor:
+    """``(N, k)``: each assignment's place in its expert's queue (0 = served first).
 
-    Assignments are served by priority: every token's first choice (in token order), then every
-    second choice, and so on; an expert that is full drops the rest.
+    Assignments queue by priority: every token's first choice (in token order), then every second
+    choice, and so on. ``experts`` is the ``(N, k)`` choice of :func:`top_k_gates`.
     """
     N, k = experts.shape
     order = experts.t().reshape(-1)  # (k * N,) first choices of all tokens, then second choices, ...
-    onehot = F.one_hot(order, n_expert)  # (k * N, E)
+    onehot = (order[:, None] == torch.arange(n_expert, device=experts.device)).long()  # (k * N, E)
     # how many earlier assignments went to the same expert
     rank = (onehot.cumsum(dim=0) - 1).gather(1, order[:, None]).squeeze(1)
-    return (rank < capacity).view(k, N).t()
+    return rank.view(k, N).t()
+
+
+def capacity_keep(experts: torch.Tensor, n_expert: int, capacity: int) -> torch.Tensor:
+    """Boolean ``(N, k)``: which assignments fit in their expert's ``capacity`` (the first
+    ``capacity`` of its queue, :func:`expert_slots`); an expert that is full drops the rest."""
+    return expert_slots(experts, n_expert) < capacity
+
+
+def assignment_counts(experts: torch.Tensor, n_expert: int) -> torch.Tensor:
+    """``(E,)``: how many of the ``(N, k)`` assignments each expert received. A scatter, not
+    ``bincount``, so the result's shape is known in advance (no host-device sync, no graph break)."""
+    flat = experts.reshape(-1)
+    return torch.zeros(n_expert, dtype=torch.long, device=experts.device).scatter_add_(0, flat, torch.ones_like(flat))
 
 
 def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
@@ -92,7 +114,7 @@ def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, alpha: float
     pushes probability away from overloaded experts). Uniform routing gives exactly ``alpha``.
     """
     n_expert = probs.size(-1)
-    f = torch.bincount(experts.reshape(-1), minlength=n_expert).to(probs.dtype) / experts.numel()
+    f = assignment_counts(experts, n_expert).to(probs.dtype) / experts.numel()
     P = probs.mean(dim=0)
     return (f * P).sum() * n_expert * alpha
 
@@ -114,6 +136,8 @@ class MoE(nn.Module):
         self.capacity_factor, self.alpha = config.capacity_factor, config.moe_aux_weight
         self.router = Router(config.n_embd, config.n_expert)
         self.experts = nn.ModuleList([MLP(config, config.expert_hidden) for _ in range(config.n_expert)])
+        # how the tokens reach their experts, chosen once (see the module docstring)
+        self.dispatch = self.dispatch_sorted if config.capacity_factor is None else self.dispatch_padded
         self.tokens_per_expert: torch.Tensor | None = None
         self.dropped: torch.Tensor | None = None
 
@@ -131,16 +155,52 @@ class MoE(nn.Module):
         """``x`` ``(B, T, C)`` -> ``(output (B, T, C), load-balancing loss (a scalar))``."""
         B, T, C = x.shape
         flat = x.reshape(B * T, C)
-        gates, experts, keep, probs = self.route(flat)
-        self.tokens_per_expert = torch.bincount(experts.reshape(-1), minlength=self.n_expert).detach()
-        self.dropped = (~keep).sum().detach()
-        out = torch.zeros_like(flat)
-        for e, expert in enumerate(self.experts):
-            token, slot = torch.nonzero((experts == e) & keep, as_tuple=True)
-            if token.numel():
-                # each expert computes only the tokens routed to it
-                out.index_add_(0, token, gates[token, slot, None] * expert(flat[token]))
+        gates, experts, probs = top_k_gates(self.router(flat), self.top_k)
+        self.tokens_per_expert = assignment_counts(experts, self.n_expert).detach()
+        out, dropped = self.dispatch(flat, gates, experts)
+        self.dropped = dropped.detach()
         return out.view(B, T, C), load_balancing_loss(probs, experts, self.alpha)
+
+    def dispatch_sorted(self, flat: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """No capacity: ``flat (N, C)`` -> ``(output (N, C), 0 dropped)``. The ``N * k`` assignments
+        sorted by expert make each expert's tokens one slice of a single gathered batch."""
+        k = experts.size(1)
+        order = experts.reshape(-1).argsort(stable=True)  # assignment indices, grouped by expert
+        token = order // k  # the token of each sorted assignment
+        sizes = assignment_counts(experts, self.n_expert).tolist()  # the layer's one host-device sync
+        chunks = flat[token].split(sizes)
+        y = torch.cat([expert(chunk) for expert, chunk in zip(self.experts, chunks, strict=True)])
+        y = y * gates.reshape(-1)[order, None]
+        return torch.zeros_like(flat).index_add_(0, token, y), torch.zeros((), dtype=torch.long, device=flat.device)
+
+    def dispatch_padded(self, flat: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """With a capacity: ``flat (N, C)`` -> ``(output (N, C), assignments dropped)``. Every kept
+        assignment gets a row of an ``(E, capacity + 1, C)`` grid (its expert, its place in the
+        queue); the extra row of each expert collects the dropped ones and its output is never used."""
+        (N, C), k = flat.shape, experts.size(1)
+        capacity = expert_capacity(N, self.n_expert, k, self.capacity_factor)
+        slot = expert_slots(experts, self.n_expert)
+        keep = slot < capacity
+        row = (experts * (capacity + 1) + slot.clamp(max=capacity)).reshape(-1)  # (N * k,) rows of the grid
+        grid = flat.new_zeros(self.n_expert * (capacity + 1), C).index_copy(0, row, flat.repeat_interleave(k, 0))
+        out = batched_experts(self.experts, grid.view(self.n_expert, capacity + 1, C)).reshape(-1, C)
+        y = out[row].view(N, k, C) * (gates * keep)[..., None]  # a dropped assignment weighs 0
+        return y.sum(dim=1), (~keep).sum()
+
+
+def batched_experts(experts: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """Run expert ``e`` on ``x[e]`` for every ``e`` at once: ``(E, R, C) -> (E, R, C)``. The
+    experts' parameters are stacked and their own ``forward`` is vectorised over the first
+    dimension (``torch.vmap``), so the ``E`` matrix products become batched ones."""
+    params = {name: torch.stack([expert.get_parameter(name) for expert in experts])
+              for name, _ in experts[0].named_parameters()}
+
+    def run(p: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        return functional_call(experts[0], p, (rows,))
+
+    return torch.vmap(run, randomness="different")(params, x)  # dropout draws a fresh mask per expert
 
 
 def moe_dense_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:

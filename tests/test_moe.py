@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gptcourse.model import GPT, GPTConfig, MLP
+from gptcourse.model import GPT, MLP, GPTConfig
 from gptcourse.moe import (MoE, active_params, capacity_keep, expert_capacity, load_balancing_loss,
                            moe_dense_reference, top_k_gates)
 
@@ -99,17 +99,41 @@ def test_sparse_moe_equals_dense_reference(k, capacity_factor):
     torch.testing.assert_close(expected.view(-1, 16)[4], by_hand, atol=1e-6, rtol=1e-5)
 
 
-def test_sparse_moe_gradients_equal_dense_reference():
+@pytest.mark.parametrize("capacity_factor", [None, 0.75])  # the sorted and the padded dispatch
+def test_sparse_moe_gradients_equal_dense_reference(capacity_factor):
     torch.manual_seed(3)
-    moe = MoE(config(n_expert=4, expert_top_k=2))
+    moe = MoE(config(n_expert=4, expert_top_k=2, capacity_factor=capacity_factor))
     x = torch.randn(2, 5, 16)
     grads = []
     for forward in (lambda t: moe(t)[0], lambda t: moe_dense_reference(moe, t)):
         moe.zero_grad()
         forward(x).square().sum().backward()
         grads.append([p.grad.clone() for p in moe.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_the_dispatch_is_chosen_at_construction_by_the_capacity():
+    assert MoE(config()).dispatch.__func__ is MoE.dispatch_sorted
+    assert MoE(config(capacity_factor=1.25)).dispatch.__func__ is MoE.dispatch_padded
+
+
+def test_a_moe_gpt_with_a_capacity_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(config(capacity_factor=1.25, n_expert=8))
+    idx = torch.randint(0, 17, (2, 16))
+    explanation = torch._dynamo.explain(model)(idx, idx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    torch._dynamo.reset()
+
+
+def test_routing_statistics_stay_on_the_device_until_read():
+    moe = MoE(config(capacity_factor=1.0))
+    moe(torch.randn(2, 8, 16))
+    assert isinstance(moe.tokens_per_expert, torch.Tensor) and isinstance(moe.dropped, torch.Tensor)
+    assert moe.tokens_per_expert.sum().item() == 2 * 8 * 2  # N * k assignments, counted before drops
 
 
 @pytest.mark.parametrize("field,value", [("n_expert", 1), ("expert_top_k", 5), ("capacity_factor", 0.0),
