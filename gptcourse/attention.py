@@ -219,8 +219,10 @@ def strided_mask(T: int, stride: int, S: int | None = None,
     query ``i`` sees the last ``stride`` positions (``0 <= i - j < stride``) and every earlier
     position a multiple of ``stride`` back (``(i - j) % stride == 0``).
 
-    Any key is then reachable in two hops; with ``stride ~ sqrt(T)`` each query attends to about
-    ``2 sqrt(T)`` keys instead of ``T``. Rows ``S-T .. S`` when ``S > T``, as in :func:`local_mask`.
+    Any key is then reachable in two hops; with ``stride ~ sqrt(T)`` query ``i`` attends to about
+    ``sqrt(T) + i / sqrt(T)`` keys (``1.5 sqrt(T)`` on average) instead of ``i + 1``. Rows
+    ``S-T .. S`` when ``S > T``, as in :func:`local_mask`. Child et al. (2019) use it for data with
+    a period (image rows); for text they use :func:`fixed_mask`.
     """
     _check_positive("stride", stride)
     i, j = _query_key_positions(T, S, device)
@@ -228,10 +230,28 @@ def strided_mask(T: int, stride: int, S: int | None = None,
     return (d >= 0) & ((d < stride) | (d % stride == 0))
 
 
+def fixed_mask(T: int, stride: int, S: int | None = None, device: torch.device | str | None = None,
+               summary: int = 1) -> torch.Tensor:
+    """Boolean ``(T, S)`` *fixed* causal mask of the Sparse Transformer (Child et al. 2019, Section
+    4.2), its two heads merged: the sequence is cut into blocks of ``stride`` positions; query ``i``
+    sees every earlier key of its own block (``j // stride == i // stride``) and the last
+    ``summary`` positions of every earlier block (``j % stride >= stride - summary``), which act as
+    the blocks' summaries. The paper uses it for text, where there is no period to stride along.
+    Rows ``S-T .. S`` when ``S > T``, as in :func:`local_mask`.
+    """
+    _check_positive("stride", stride)
+    _check_positive("summary", summary)
+    if summary > stride:
+        raise ValueError(f"summary must be at most stride={stride}, got {summary}")
+    i, j = _query_key_positions(T, S, device)
+    return (j <= i) & ((j // stride == i // stride) | (j % stride >= stride - summary))
+
+
 SPARSE_PATTERNS = {
     "dense": lambda T, S, window, stride, device: causal_mask(T, S, device=device),
     "local": lambda T, S, window, stride, device: local_mask(T, window, S, device=device),
     "strided": lambda T, S, window, stride, device: strided_mask(T, stride, S, device=device),
+    "fixed": lambda T, S, window, stride, device: fixed_mask(T, stride, S, device=device),
 }
 """Pattern name -> mask builder ``(T, S, window, stride, device) -> (T, S)`` boolean mask."""
 
@@ -239,7 +259,8 @@ SPARSE_PATTERNS = {
 def sparse_mask(pattern: str, T: int, S: int | None = None, *, window: int = 1, stride: int = 1,
                 device: torch.device | str | None = None) -> torch.Tensor:
     """The ``(T, S)`` boolean mask of ``pattern`` (a key of :data:`SPARSE_PATTERNS`); ``window``
-    is used by ``"local"``, ``stride`` by ``"strided"``."""
+    is used by ``"local"``, ``stride`` by ``"strided"`` and ``"fixed"`` (its block length, with one
+    summary position per block)."""
     if pattern not in SPARSE_PATTERNS:
         raise ValueError(f"unknown attention pattern {pattern!r}; use one of {tuple(SPARSE_PATTERNS)}")
     return SPARSE_PATTERNS[pattern](T, S, window, stride, device)

@@ -23,9 +23,9 @@ from gptcourse.moe import MoE
 
 NORMS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "none")
-# "local" and "strided": every layer uses that sparse pattern (gptcourse.attention.SPARSE_PATTERNS);
+# "local", "strided" and "fixed": every layer uses that sparse pattern (gptcourse.attention.SPARSE_PATTERNS);
 # "alternating": GPT-3's dense and locally banded layers in turn (even layers dense, odd local).
-ATTENTIONS = ("dense", "local", "strided", "alternating")
+ATTENTIONS = ("dense", "local", "strided", "fixed", "alternating")
 FFNS = ("mlp", "moe")
 
 
@@ -53,7 +53,7 @@ class GPTConfig:
     capacity_factor: float | None = None  # ffn == "moe": None = no limit; else drop tokens over capacity
     moe_aux_weight: float = 0.01  # ffn == "moe": alpha of the load-balancing loss (Switch Transformer)
     attn_window: int = 128  # keys a "local" layer sees (itself included); also "alternating"
-    attn_stride: int = 32  # the stride of "strided" layers (about sqrt(block_size) is the usual choice)
+    attn_stride: int = 32  # the stride of "strided" layers, the block of "fixed" ones (about sqrt(block_size))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -91,7 +91,7 @@ class GPTConfig:
                     raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
 
     def layer_attention(self, layer: int) -> str:
-        """The attention pattern of block ``layer``: ``"dense"``, ``"local"`` or ``"strided"``."""
+        """The attention pattern of block ``layer``: ``"dense"``, ``"local"``, ``"strided"`` or ``"fixed"``."""
         if self.attention == "alternating":
             return "dense" if layer % 2 == 0 else "local"
         return self.attention

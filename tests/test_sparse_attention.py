@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcourse.attention import (KVCache, attended_pairs, attention, causal_mask, local_attention, local_mask,
-                                 sparse_mask, strided_mask)
+from gptcourse.attention import (KVCache, attended_pairs, attention, causal_mask, fixed_mask, local_attention,
+                                 local_mask, sparse_mask, strided_mask)
 from gptcourse.model import GPT, GPTConfig
 
 
@@ -30,7 +30,15 @@ def test_strided_mask_is_band_plus_every_stride_back(T, S, stride):
     assert torch.equal(strided_mask(T, stride, S), expected)
 
 
-@pytest.mark.parametrize("pattern", ["dense", "local", "strided"])
+@pytest.mark.parametrize("T,S,stride,summary", [(1, 1, 1, 1), (12, 12, 3, 1), (5, 17, 4, 2), (16, 16, 16, 1)])
+def test_fixed_mask_is_own_block_plus_the_summary_positions_of_earlier_blocks(T, S, stride, summary):
+    expected = brute_force(T, S, lambda i, j: i >= j and (i // stride == j // stride
+                                                          or j % stride >= stride - summary))
+    assert torch.equal(fixed_mask(T, stride, S, summary=summary), expected)
+    assert torch.equal(fixed_mask(9, 9, summary=9), causal_mask(9))  # one block, or all summaries: dense
+
+
+@pytest.mark.parametrize("pattern", ["dense", "local", "strided", "fixed"])
 def test_masks_for_cached_queries_are_the_last_rows(pattern):
     S = 20
     full = sparse_mask(pattern, S, window=4, stride=5)
@@ -61,7 +69,9 @@ def test_bad_pattern_arguments_raise():
     with pytest.raises(ValueError, match="stride"):
         strided_mask(4, -1)
     with pytest.raises(ValueError, match="pattern"):
-        sparse_mask("fixed", 4)
+        sparse_mask("bigbird", 4)
+    with pytest.raises(ValueError, match="summary"):
+        fixed_mask(8, 4, summary=5)
     with pytest.raises(ValueError, match="T <= S"):
         local_mask(5, 2, S=3)
 
@@ -96,7 +106,7 @@ def test_alternating_is_dense_then_local():
     torch.testing.assert_close(masks[1], local_mask(5, cfg.attn_window))
 
 
-@pytest.mark.parametrize("attention_kind", ["local", "strided", "alternating"])
+@pytest.mark.parametrize("attention_kind", ["local", "strided", "fixed", "alternating"])
 def test_sparse_gpt_trains_a_step_and_stays_causal(attention_kind):
     torch.manual_seed(0)
     model = GPT(config(attention=attention_kind))
@@ -125,7 +135,7 @@ def test_one_local_layer_sees_only_its_window():
     assert (diff[10:13] > 0).all() and (diff[:10] == 0).all() and (diff[13:] == 0).all()
 
 
-@pytest.mark.parametrize("attention_kind", ["local", "strided", "alternating"])
+@pytest.mark.parametrize("attention_kind", ["local", "strided", "fixed", "alternating"])
 def test_sparse_gpt_decodes_with_a_cache_as_without(attention_kind):
     torch.manual_seed(2)
     model = GPT(config(attention=attention_kind)).eval()
