@@ -130,7 +130,7 @@ def checkpoint_path(name: str, size: str | None = None) -> Path:
     configuration, so that a changed recipe never loads an old model (the vocabulary is not in it:
     it comes from the checksummed text)."""
     size = size or get_size()
-    return checkpoint_dir() / f"{name}-{size}-{config_digest(preset(name, size))}.pt"
+    return checkpoint_dir() / f"{name}-{size}-{config_digest(*preset(name, size))}.pt"
 
 
 def load_or_train(path: Path, model: GPT, train_model: Callable[[], History]) -> tuple[History, bool]:
