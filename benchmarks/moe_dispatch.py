@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import round_robin
 
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.moe import MoE, load_balancing_loss
@@ -74,18 +74,15 @@ def main() -> None:
     dispatches = ["sorted", "padded", "per-expert nonzero"]
     models = {(d, e): build(e, d, args) for d in dispatches for e in args.experts}
     x = torch.randint(0, 65, (args.batch_size, args.block_size), device=args.device)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    times: dict[tuple[str, int], list[float]] = {key: [] for key in models}
-    for round_ in range(args.rounds + 1):  # round 0 warms up and is not counted
-        for key, model in models.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                model.zero_grad(set_to_none=True)
-                model(x, x)[1].backward()
-            sync()
-            if round_ > 0:
-                times[key].append((time.perf_counter() - t0) / args.steps)
+
+    def training_step(model: GPT):
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(x, x)[1].backward()
+        return step
+
+    times = round_robin({key: training_step(model) for key, model in models.items()}, args.rounds, args.steps,
+                        args.device)
     print(f"MoE GPT: {args.n_layer} layers, n_embd {args.n_embd}, experts {args.expert_hidden} wide, top-{args.top_k}, "
           f"batch {args.batch_size} x {args.block_size} | forward + backward | device {args.device}, "
           f"{args.threads} threads | torch {torch.__version__} | median of {args.rounds} turns of {args.steps} steps")

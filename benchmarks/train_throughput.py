@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import round_robin
 
 
 def build(args):
@@ -53,25 +53,21 @@ def main() -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_theirs = sum(p.numel() for p in theirs.parameters())
     x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
+
+    def training_step(model, optimizer, loss_of):
+        def step():
+            loss = loss_of(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return step
+
     steps = {
-        "gptcourse GPT": (ours, torch.optim.AdamW(ours.parameters(), lr=1e-4), lambda m: m(x, x)[1]),
-        "transformers GPT2LMHeadModel": (theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4),
-                                         lambda m: m(input_ids=x, labels=x).loss),
+        "gptcourse GPT": training_step(ours, torch.optim.AdamW(ours.parameters(), lr=1e-4), lambda m: m(x, x)[1]),
+        "transformers GPT2LMHeadModel": training_step(theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4),
+                                                      lambda m: m(input_ids=x, labels=x).loss),
     }
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(args.rounds + 1):  # round 0 warms up and is not counted
-        for name, (model, opt, loss_of) in steps.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                loss = loss_of(model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sync()
-            if round_ > 0:
-                times[name].append((time.perf_counter() - t0) / args.steps)
+    times = round_robin(steps, args.rounds, args.steps, args.device)
     tokens = args.batch_size * args.block_size
     print(f"config: {args.n_layer} layers, {args.n_head} heads, n_embd {args.n_embd}, block {args.block_size}, "
           f"batch {args.batch_size}, vocab {args.vocab_size} | device {args.device}, {args.threads} threads | "
