@@ -19,25 +19,35 @@ before their lines: pre-training on it would leak the held-out labels.
 
 The hidden states before ``lm_head`` come from a forward hook (:func:`hidden_and_logits`), so the
 :class:`~gptcourse.model.GPT` itself is used unchanged.
+
+:func:`pretrained_speaker_lm` is the language model that Chapter 14 and its sweep
+(``experiments/ch14_finetune.py``) fine-tune: the course's ``shakespeare-char`` recipe on the
+pre-training text, trained once and cached under :func:`gptcourse.run.checkpoint_dir`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gptcourse import run
+from gptcourse.data import train_val_split
 from gptcourse.loops import evaluating, optimizer_step
-from gptcourse.model import GPT
+from gptcourse.model import GPT, GPTConfig
 from gptcourse.tokenizers import CharTokenizer
-from gptcourse.train import configure_optimizer
+from gptcourse.train import History, TrainConfig, configure_optimizer, train
 
 SPECIAL_TOKENS = ("<s>", "<$>", "<e>")  # start, delimiter, extract (the names of the paper's Figure 1)
+TASK_BLOCK_SIZE = 96  # <s> line <$> line <e>: 86 tokens for the median pair, 98 at the 90th percentile
 
 
 # --------------------------------------------------------------------------- the task
@@ -189,6 +199,59 @@ def lm_targets(idx: torch.Tensor, extract_pos: torch.Tensor) -> torch.Tensor:
     return targets.masked_fill(positions[None, :] >= extract_pos[:, None], -1)
 
 
+# --------------------------------------------------------------------------- pre-training
+
+
+@dataclass
+class SpeakerLM:
+    """The pre-trained language model of the speaker task (see :func:`pretrained_speaker_lm`)."""
+
+    model: GPT  # in eval mode, on the device asked for
+    history: History  # what its training run measured
+    train_ids: torch.Tensor  # (N,) the first 90% of the pre-training text's ids: what it trained on
+    val_ids: torch.Tensor  # (M,) the last 10%: held out, for gptcourse.loops.heldout_loss
+    path: Path  # the checkpoint it was loaded from or saved to
+    trained: bool  # True when no checkpoint existed and it was trained just now
+
+
+def speaker_lm_config(tokenizer: TaskTokenizer, size: str, block_size: int = TASK_BLOCK_SIZE) -> GPTConfig:
+    """The course's ``shakespeare-char`` model at ``size`` (cpu: 4 layers, 4 heads, 128 wide), with
+    the task's vocabulary (the characters and the three special tokens) and ``block_size``."""
+    model_kwargs, _ = run.preset("shakespeare-char", size)
+    return GPTConfig(**{**model_kwargs, "vocab_size": tokenizer.vocab_size, "block_size": block_size})
+
+
+def pretrained_speaker_lm(text: str, task: SpeakerTask, tokenizer: TaskTokenizer, size: str, device: str = "cpu",
+                          block_size: int = TASK_BLOCK_SIZE) -> SpeakerLM:
+    """The language model fine-tuned in Chapter 14, trained once on ``pretraining_text(text, task)``.
+
+    Model and recipe are the course's ``shakespeare-char`` preset at ``size`` (cpu: 3000 steps of 32
+    windows, lr 2e-3 -> 2e-4, warmup 100, weight decay 0.1, beta2 0.99), with the task's vocabulary
+    and ``block_size``; it trains on the first 90% of the pre-training text's ids (the last 10% is
+    its held-out split) and starts from the weights ``torch.manual_seed(recipe seed)`` gives. The
+    held-out speeches of ``task`` are never in its data. The checkpoint
+    ``run.checkpoint_dir() / "speaker-lm-{size}-{digest}.pt"`` is named by a digest of the model
+    config, the training config and a hash of the pre-training text: any change trains it again.
+    """
+    pre_text = pretraining_text(text, task)
+    ids = torch.tensor(tokenizer.base.encode(pre_text), dtype=torch.long)
+    train_ids, val_ids = train_val_split(ids)
+    config = speaker_lm_config(tokenizer, size, block_size)
+    train_config = TrainConfig(**run.preset("shakespeare-char", size)[1])
+    text_hash = hashlib.sha256(pre_text.encode()).hexdigest()
+    digest = run.config_digest(config.to_dict(), dataclasses.asdict(train_config), text_hash)
+    path = run.checkpoint_dir() / f"speaker-lm-{size}-{digest}.pt"
+    torch.manual_seed(train_config.seed)
+    model = GPT(config)
+
+    def train_model() -> History:
+        print(f"no checkpoint at {path}: pre-training the speaker LM at the {size} size on {device}")
+        return train(model, train_ids, val_ids, train_config, device)
+
+    history, trained = run.load_or_train(path, model, train_model)
+    return SpeakerLM(model.to(device).eval(), history, train_ids, val_ids, path, trained)
+
+
 # --------------------------------------------------------------------------- the model and the loss
 
 
@@ -247,11 +310,15 @@ class GPTClassifier(nn.Module):
 
 @dataclass
 class FinetuneHistory:
-    """Per step: ``L3``, ``L2``, ``L1``; at the end: held-out accuracy and ``L2``."""
+    """Per step: ``L3``, ``L2``, ``L1``; every ``eval_every`` steps and at the end: held-out accuracy
+    and ``L2`` (``eval_steps`` says after which steps); ``val_accuracy``/``val_task_loss`` are the final ones."""
 
     loss: list[float] = field(default_factory=list)
     task_loss: list[float] = field(default_factory=list)
     lm_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    eval_task_loss: list[float] = field(default_factory=list)
     val_accuracy: float = float("nan")
     val_task_loss: float = float("nan")
 
@@ -269,27 +336,53 @@ def evaluate(model: GPTClassifier, examples: list[Example], tokenizer: TaskToken
     return correct / len(examples), loss / len(examples)
 
 
+def lr_scale(step: int, steps: int, warmup_steps: int) -> float:
+    """GPT-1's schedule as a factor of the peak learning rate at ``step`` (0-based): a linear warmup
+    over ``warmup_steps`` steps, then a linear decay that reaches 0 after the last of ``steps`` steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return (steps - step) / max(1, steps - warmup_steps)
+
+
+def finetune_step(model: GPTClassifier, optimizer: torch.optim.Optimizer, idx: torch.Tensor,
+                  extract_pos: torch.Tensor, labels: torch.Tensor, lam: float,
+                  grad_clip: float = 1.0) -> tuple[float, float, float]:
+    """One update of all of ``model`` on a batch from :func:`collate` (``idx`` ``(B, T)``,
+    ``extract_pos`` and ``labels`` ``(B,)``) with ``L3 = L2 + lam·L1``; returns ``(L3, L2, L1)``."""
+    class_logits, lm_logits = model(idx, extract_pos)
+    l3, l2, l1 = combined_loss(class_logits, labels, lm_logits, lm_targets(idx, extract_pos), lam)
+    optimizer.zero_grad(set_to_none=True)
+    l3.backward()
+    optimizer_step(model, optimizer, grad_clip=grad_clip)
+    return l3.item(), l2.item(), l1.item()
+
+
 def finetune(model: GPTClassifier, task: SpeakerTask, tokenizer: TaskTokenizer, lam: float = 0.5,
              steps: int = 200, batch_size: int = 32, lr: float = 3e-4, warmup_steps: int = 20,
-             device: str = "cpu", seed: int = 0, progress: bool = True) -> FinetuneHistory:
-    """Fine-tune all of ``model`` on ``task.train`` with ``L3 = L2 + lam·L1`` (AdamW, linear warmup
-    then linear decay to 0, as in GPT-1), then measure accuracy on ``task.val``."""
+             device: str = "cpu", seed: int = 0, progress: bool = True, eval_every: int = 0,
+             weight_decay: float = 0.01) -> FinetuneHistory:
+    """Fine-tune all of ``model`` on ``task.train`` with ``L3 = L2 + lam·L1`` (AdamW with
+    ``weight_decay`` on the matrices, :func:`lr_scale`'s warmup and linear decay to 0, as in GPT-1;
+    batches drawn without replacement by ``random.Random(seed)``), then measure accuracy on
+    ``task.val``; with ``eval_every > 0``, also after every ``eval_every`` steps (the learning curve)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     model.to(device).train()
-    optimizer = configure_optimizer(model, lr, weight_decay=0.01)
+    optimizer = configure_optimizer(model, lr, weight_decay=weight_decay)
     rng = random.Random(seed)
     history = FinetuneHistory()
     for step in tqdm(range(steps), disable=not progress, desc=f"fine-tuning (λ={lam})"):
-        scale = (step + 1) / warmup_steps if step < warmup_steps else (steps - step) / max(1, steps - warmup_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr * scale
+            group["lr"] = lr * lr_scale(step, steps, warmup_steps)
         idx, pos, labels = collate(rng.sample(task.train, batch_size), tokenizer, model.config.block_size, device)
-        class_logits, lm_logits = model(idx, pos)
-        l3, l2, l1 = combined_loss(class_logits, labels, lm_logits, lm_targets(idx, pos), lam)
-        optimizer.zero_grad(set_to_none=True)
-        l3.backward()
-        optimizer_step(model, optimizer, grad_clip=1.0)
-        history.loss.append(l3.item())
-        history.task_loss.append(l2.item())
-        history.lm_loss.append(l1.item())
-    history.val_accuracy, history.val_task_loss = evaluate(model, task.val, tokenizer, device=device)
+        l3, l2, l1 = finetune_step(model, optimizer, idx, pos, labels, lam)
+        history.loss.append(l3)
+        history.task_loss.append(l2)
+        history.lm_loss.append(l1)
+        if (eval_every > 0 and (step + 1) % eval_every == 0) or step + 1 == steps:
+            accuracy, task_loss = evaluate(model, task.val, tokenizer, device=device)
+            history.eval_steps.append(step + 1)
+            history.eval_accuracy.append(accuracy)
+            history.eval_task_loss.append(task_loss)
+    history.val_accuracy, history.val_task_loss = history.eval_accuracy[-1], history.eval_task_loss[-1]
     return history

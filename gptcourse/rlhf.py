@@ -16,9 +16,25 @@ preference (how close a response is to the right answer) that the reward model o
 comparisons, as in the paper. Because the labeller is a function, the course can also measure what
 a real project cannot: the true quality (exact-match accuracy) next to the learned reward.
 
-Simplification, stated: PPO here has no learned value function; the advantage of a response is its
-reward minus the mean reward of the batch (one return per sequence, shared by its tokens). With a
-sequence-level reward and short responses this is the baseline a critic would learn anyway.
+What is simplified, stated (InstructGPT's Section 3.5 and Appendix C for the real recipe):
+
+* the policy optimiser is PPO's clipped objective **without a critic**: no learned value function
+  and no generalised advantage estimation; the advantage of a response is its total reward minus
+  the mean over the batch, divided by the batch's standard deviation, one number shared by all of
+  its tokens. That is the REINFORCE-with-baseline family of RLOO (Ahmadian et al., 2024) and GRPO
+  (Shao et al., 2024), except that those draw several responses per prompt and take the baseline
+  from the prompt's own group, where this draws one response per prompt and uses the batch;
+* the KL penalty is one sequence-level estimate, ``log π(y|x) - log π_SFT(y|x)`` summed over the
+  sampled response, subtracted from the reward; InstructGPT adds it per token;
+* no PPO-ptx: InstructGPT mixes pre-training gradients into the PPO loss (``γ·log π`` on
+  pre-training text) to keep performance on public NLP benchmarks; there is no pre-training here;
+* each PPO batch is reused for ``epochs`` full-batch steps (no minibatches), no entropy bonus, no
+  reward normalisation, and the reward model is the policy's own size (InstructGPT: a 6B reward
+  model for every policy size);
+* the labeller is a function, and the models are tiny and character-level.
+
+DPO (Rafailov et al., 2023, eq. 7) is the same pipeline without steps 2 and 3: :func:`dpo` trains the
+policy directly on the comparisons collected for the reward model.
 """
 
 from __future__ import annotations
@@ -52,6 +68,19 @@ INSTRUCTIONS = {
 }
 FILLERS = ("um", "ok", "so", "well")
 MAX_RESPONSE = 24  # "double abcde" -> "abcde abcde" (11), two filler words (up to 10) and the end mark
+
+# Chapter 16's recipe at each size, shared with experiments/ch16_rlhf.py so that the chapter's run is
+# one seed of the sweep: model shape, data sizes, and the steps of SFT, the reward model, PPO and DPO.
+RECIPES = {
+    "smoke": dict(n_layer=1, n_embd=32, demo_words=30, rm_words=10, sft_steps=20, rm_steps=10, ppo_iterations=3,
+                  dpo_steps=5),
+    "cpu": dict(n_layer=2, n_embd=64, demo_words=200, rm_words=250, sft_steps=1500, rm_steps=200, ppo_iterations=150,
+                dpo_steps=200),
+    "gpu": dict(n_layer=4, n_embd=128, demo_words=1000, rm_words=300, sft_steps=3000, rm_steps=1000,
+                ppo_iterations=300, dpo_steps=1000),
+}
+PPO_SETTINGS = dict(batch_size=32, epochs=4, lr=1e-4, beta=0.1)  # Chapter 16's PPO, at every size
+DPO_SETTINGS = dict(batch_size=32, lr=1e-4, beta=0.1)  # and its DPO (β = 0.1: TRL's default too)
 
 
 def tokenizer() -> CharTokenizer:
@@ -101,6 +130,11 @@ def labeller_score(prompt: str, response: str) -> float:
 
 def exact_match(prompt: str, response: str) -> bool:
     return response.rstrip(EOS) == correct_response(prompt)
+
+
+def has_filler(prompt: str, response: str) -> bool:
+    """The sloppy demonstrators' habit: the right answer, then more words (``"dbk um ok."``)."""
+    return response.startswith(correct_response(prompt) + " ")
 
 
 # --------------------------------------------------------------------------- batches of (prompt, response)
@@ -288,12 +322,47 @@ class PPOHistory:
     true_score: list[float] = field(default_factory=list)
 
 
-def ppo(policy: GPT, reference: GPT, rm: RewardModel, prompts: list[str], iterations: int,
+@dataclass
+class PPOBatch:
+    """What one PPO iteration sampled and how it scored it: the ``(prompt, response)`` pairs, the
+    reward model's rewards ``(B,)``, the sequence KL to the reference ``(B,)``, the advantages ``(B,)``
+    and the loss of each of its steps."""
+
+    pairs: list[tuple[str, str]]
+    reward: torch.Tensor
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    losses: list[float]
+
+
+def ppo_iteration(policy: GPT, reference: GPT, rm: nn.Module, prompts: list[str], optimizer: torch.optim.Optimizer,
+                  generator: torch.Generator | None = None, epochs: int = 4, beta: float = 0.05, clip: float = 0.2,
+                  device: str = "cpu") -> PPOBatch:
+    """One PPO update: sample a response to each prompt from the policy, score it
+    ``R = rm(x, y) - beta·KL``, turn ``R`` into advantages (minus the batch mean, over the batch's
+    standard deviation: no critic), then take ``epochs`` clipped-surrogate steps on that batch."""
+    tok = tokenizer()
+    responses = sample_responses(policy, prompts, 1.0, generator, device)
+    pairs = list(zip(prompts, responses))
+    idx, targets, last = encode_pairs(pairs, tok, device)
+    mask = (targets >= 0).float()
+    with evaluating(policy):  # π_old without dropout: the policy the samples were drawn from
+        old_logp = response_logprobs(policy, idx, targets)
+    with torch.no_grad():
+        kl = (old_logp - response_logprobs(reference, idx, targets)).sum(-1)  # (B,)
+        reward = rm(idx, last)
+        total = reward - beta * kl
+        advantages = (total - total.mean()) / (total.std() + 1e-8)
+    losses = [_update(policy, optimizer, ppo_loss(response_logprobs(policy, idx, targets), old_logp, advantages,
+                                                  mask, clip), grad_clip=1.0) for _ in range(epochs)]
+    return PPOBatch(pairs, reward, kl, advantages, losses)
+
+
+def ppo(policy: GPT, reference: GPT, rm: nn.Module, prompts: list[str], iterations: int,
         batch_size: int = 32, epochs: int = 4, lr: float = 3e-4, beta: float = 0.05, clip: float = 0.2,
         device: str = "cpu", seed: int = 0, progress: bool = True) -> PPOHistory:
-    """Step 3: each iteration samples responses to ``batch_size`` prompts, scores them with
-    ``rm(x, y) - beta·KL``, then takes ``epochs`` PPO steps on that batch."""
-    tok, rng = tokenizer(), random.Random(seed)
+    """Step 3: ``iterations`` times, draw ``batch_size`` prompts and take one :func:`ppo_iteration`."""
+    rng = random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer = configure_optimizer(policy, lr, 0.0)
     policy.train()
@@ -301,24 +370,11 @@ def ppo(policy: GPT, reference: GPT, rm: RewardModel, prompts: list[str], iterat
     rm.eval()
     history = PPOHistory()
     for _ in tqdm(range(iterations), disable=not progress, desc="PPO"):
-        batch = rng.sample(prompts, min(batch_size, len(prompts)))
-        responses = sample_responses(policy, batch, 1.0, generator, device)
-        pairs = list(zip(batch, responses))
-        idx, targets, last = encode_pairs(pairs, tok, device)
-        mask = (targets >= 0).float()
-        with evaluating(policy):  # π_old without dropout: the policy the samples were drawn from
-            old_logp = response_logprobs(policy, idx, targets)
-        with torch.no_grad():
-            kl = (old_logp - response_logprobs(reference, idx, targets)).sum(-1)  # (B,)
-            reward = rm(idx, last)
-            total = reward - beta * kl
-            advantages = (total - total.mean()) / (total.std() + 1e-8)
-        for _ in range(epochs):
-            loss = ppo_loss(response_logprobs(policy, idx, targets), old_logp, advantages, mask, clip)
-            _update(policy, optimizer, loss, grad_clip=1.0)
-        history.reward.append(reward.mean().item())
-        history.kl.append(kl.mean().item())
-        history.true_score.append(sum(labeller_score(p, r) for p, r in pairs) / len(pairs))
+        batch = ppo_iteration(policy, reference, rm, rng.sample(prompts, min(batch_size, len(prompts))), optimizer,
+                              generator, epochs, beta, clip, device)
+        history.reward.append(batch.reward.mean().item())
+        history.kl.append(batch.kl.mean().item())
+        history.true_score.append(sum(labeller_score(p, r) for p, r in batch.pairs) / len(batch.pairs))
     return history
 
 
@@ -328,3 +384,46 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     ``-log σ(β·[(log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))])`` on sequence
     log-probabilities ``(B,)`` of the preferred and rejected responses."""
     return -F.logsigmoid(beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))).mean()
+
+
+def comparison_logprobs(model: GPT, comparisons: list[Comparison],
+                        device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probabilities ``log π(y|x)`` ``(B,)`` of the chosen and of the rejected responses,
+    in one forward pass over both (right padding does not reach the response: attention is causal)."""
+    pairs = [(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons]
+    idx, targets, _ = encode_pairs(pairs, tokenizer(), device)
+    logp = response_logprobs(model, idx, targets).sum(-1)
+    return logp[: len(comparisons)], logp[len(comparisons) :]
+
+
+@dataclass
+class DPOHistory:
+    """Per step: the DPO loss, the mean implicit reward margin
+    ``β·[(log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))]`` and the share of the batch's
+    pairs where that margin is positive (the policy ranks the pair as the labeller did)."""
+
+    loss: list[float] = field(default_factory=list)
+    margin: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+
+
+def dpo(policy: GPT, reference: GPT, comparisons: list[Comparison], steps: int, batch_size: int = 32,
+        lr: float = 1e-4, beta: float = 0.1, device: str = "cpu", seed: int = 0, progress: bool = True) -> DPOHistory:
+    """DPO instead of steps 2 and 3: minimise :func:`dpo_loss` on batches of ``comparisons`` (collected
+    from the SFT model, which is also the frozen ``reference``). No reward model, no sampling."""
+    rng = random.Random(seed)
+    optimizer = configure_optimizer(policy, lr, 0.0)
+    policy.to(device).train()
+    reference.eval()
+    history = DPOHistory()
+    for _ in tqdm(range(steps), disable=not progress, desc="DPO"):
+        batch = rng.sample(comparisons, min(batch_size, len(comparisons)))
+        with torch.no_grad():
+            ref_chosen, ref_rejected = comparison_logprobs(reference, batch, device)
+        chosen, rejected = comparison_logprobs(policy, batch, device)
+        loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+        margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
+        history.loss.append(_update(policy, optimizer, loss, grad_clip=1.0))
+        history.margin.append(margin.mean().item())
+        history.accuracy.append((margin > 0).float().mean().item())
+    return history

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gptcourse.finetune import (
+    TASK_BLOCK_SIZE,
     Example,
     GPTClassifier,
     SpeakerTask,
@@ -17,8 +18,11 @@ from gptcourse.finetune import (
     combined_loss,
     evaluate,
     finetune,
+    finetune_step,
     hidden_and_logits,
     lm_targets,
+    lr_scale,
+    pretrained_speaker_lm,
     pretraining_text,
     speeches,
 )
@@ -182,6 +186,62 @@ def test_finetune_learns_a_separable_task():
     assert len(history.loss) == len(history.lm_loss) == 40
     assert history.task_loss[-1] < history.task_loss[0]
     assert history.val_accuracy == 1.0 and history.val_accuracy == evaluate(model, examples, tok)[0]
+
+
+def test_lr_scale_warms_up_then_decays_to_zero():
+    scales = [lr_scale(s, 10, 2) for s in range(10)]
+    assert scales[:2] == [0.5, 1.0] and scales[2] == 1.0 and scales[-1] == 1 / 8
+    assert all(a >= b for a, b in zip(scales[1:], scales[2:]))
+    assert lr_scale(10, 10, 2) == 0.0  # one step past the last: nothing left
+
+
+def test_finetune_step_is_one_update_on_l3():
+    tok = TaskTokenizer(CharTokenizer("abc"))
+    model = tiny_classifier(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    idx, pos, labels = collate([Example(("ab", "c"), 1), Example(("abc", "ca"), 0)], tok, 32)
+    class_logits, lm_logits = model(idx, pos)
+    expected = [v.item() for v in combined_loss(class_logits, labels, lm_logits, lm_targets(idx, pos), 0.5)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = finetune_step(model, optimizer, idx, pos, labels, 0.5)
+    assert losses == pytest.approx(expected)
+    assert not torch.equal(before["head.weight"], model.head.weight)
+    assert not torch.equal(before["gpt.transformer.wte.weight"], model.gpt.transformer.wte.weight)  # all of it trains
+
+
+def test_finetune_records_a_learning_curve():
+    tok = TaskTokenizer(CharTokenizer("ab"))
+    examples = [Example(("a" * n, "a"), 0) for n in range(1, 9)] + [Example(("b" * n, "b"), 1) for n in range(1, 9)]
+    task = SpeakerTask(["a", "b"], examples, examples)
+    history = finetune(tiny_classifier(tok), task, tok, steps=7, batch_size=4, warmup_steps=1, progress=False,
+                       eval_every=3)
+    assert history.eval_steps == [3, 6, 7]  # every 3 steps, and the last
+    assert len(history.eval_accuracy) == len(history.eval_task_loss) == 3
+    assert history.val_accuracy == history.eval_accuracy[-1]
+    with pytest.raises(ValueError, match="steps"):
+        finetune(tiny_classifier(tok), task, tok, steps=0, progress=False)
+
+
+def test_pretrained_speaker_lm_trains_once_without_the_heldout_speeches(shakespeare, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTCOURSE_CHECKPOINT_DIR", str(tmp_path))
+    task = build_speaker_task(shakespeare, n_speakers=4)
+    tok = TaskTokenizer(CharTokenizer(shakespeare))
+    first = pretrained_speaker_lm(shakespeare, task, tok, "smoke")
+    assert first.trained and first.path.is_file() and first.path.parent == tmp_path
+    assert first.path.name.startswith("speaker-lm-smoke-")
+    config = first.model.config
+    assert (config.vocab_size, config.block_size) == (tok.vocab_size, TASK_BLOCK_SIZE)
+    # it trained on the pre-training text (90/10), which holds no held-out speech
+    seen = tok.base.decode(first.train_ids.tolist()) + tok.base.decode(first.val_ids.tolist())
+    assert seen == pretraining_text(shakespeare, task)
+    assert first.history.eval_val_loss[-1] < first.history.eval_val_loss[0]
+    again = pretrained_speaker_lm(shakespeare, task, tok, "smoke")
+    assert not again.trained and again.path == first.path
+    for k, v in first.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[k], v)
+    # another pre-training text is another model
+    other = build_speaker_task(shakespeare, n_speakers=3)
+    assert pretrained_speaker_lm(shakespeare, other, tok, "smoke").path != first.path
 
 
 def test_lab13_specs_accept_the_package_and_catch_common_mistakes():

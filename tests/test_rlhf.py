@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import random
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from gptcourse import rlhf
 from gptcourse.model import GPT, GPTConfig
+from gptcourse.train import configure_optimizer
 
 
 def tiny_gpt(seed: int = 0) -> GPT:
@@ -81,6 +83,7 @@ _COMPARISONS = """
 import torch
 from gptcourse import rlhf
 from gptcourse.model import GPT, GPTConfig
+from gptcourse.train import configure_optimizer
 torch.manual_seed(0)
 policy = GPT(GPTConfig(vocab_size=rlhf.tokenizer().vocab_size, block_size=40, n_layer=1, n_head=2, n_embd=32))
 prompts = [p for p, _ in rlhf.instruction_set(rlhf.random_words(8, seed=0))]
@@ -146,3 +149,60 @@ def test_sloppy_demonstrations_add_filler_that_the_labeller_dislikes():
     assert rlhf.demonstrations(words, sloppy=0.0) == clean
     with pytest.raises(ValueError, match="sloppy"):
         rlhf.demonstrations(words, sloppy=2.0)
+
+
+def _toy_comparisons() -> list[rlhf.Comparison]:
+    """The right answer preferred over the same answer padded with filler, on 8 words."""
+    return [rlhf.Comparison(p, r, r.rstrip(".") + " um ok.") for p, r in rlhf.instruction_set(rlhf.random_words(8, 0))]
+
+
+def test_comparison_logprobs_are_sums_of_response_logprobs():
+    model, comparisons = tiny_gpt(), _toy_comparisons()[:3]
+    chosen, rejected = rlhf.comparison_logprobs(model, comparisons)
+    for c, lc, lr in zip(comparisons, chosen, rejected):
+        for response, value in ((c.chosen, lc), (c.rejected, lr)):
+            idx, targets, _ = rlhf.encode_pairs([(c.prompt, response)], rlhf.tokenizer())
+            torch.testing.assert_close(rlhf.response_logprobs(model, idx, targets).sum(), value)
+
+
+def test_dpo_lowers_its_loss_and_raises_the_margin():
+    policy = tiny_gpt()
+    rlhf.sft(policy, [(c.prompt, r) for c in _toy_comparisons() for r in (c.chosen, c.rejected)], steps=30,
+             batch_size=16, lr=3e-3, progress=False)
+    reference = copy.deepcopy(policy)
+    history = rlhf.dpo(policy, reference, _toy_comparisons(), steps=30, batch_size=16, lr=3e-3, beta=0.1,
+                       progress=False)
+    assert len(history.loss) == len(history.margin) == len(history.accuracy) == 30
+    assert history.loss[0] == pytest.approx(math.log(2), abs=1e-5)  # the first step starts at the reference
+    assert sum(history.loss[-5:]) / 5 < 0.5 * history.loss[0]
+    assert sum(history.margin[-5:]) / 5 > 1.0 and history.accuracy[-1] == 1.0
+    chosen, rejected = rlhf.comparison_logprobs(policy, _toy_comparisons())
+    ref_chosen, ref_rejected = rlhf.comparison_logprobs(reference, _toy_comparisons())
+    assert ((chosen - ref_chosen) - (rejected - ref_rejected)).mean() > 0  # the policy moved towards the chosen
+    for p in reference.parameters():  # the reference stays frozen
+        assert p.grad is None
+
+
+def test_ppo_iteration_is_the_step_that_ppo_repeats():
+    class ShortIsGood(torch.nn.Module):
+        def forward(self, idx, last):
+            return -last.float()
+
+    prompts = [p for p, _ in rlhf.instruction_set(rlhf.random_words(6, seed=0))]
+    policy = tiny_gpt()
+    reference = copy.deepcopy(policy)
+    by_hand = copy.deepcopy(policy)
+    history = rlhf.ppo(policy, reference, ShortIsGood(), prompts, iterations=2, batch_size=8, lr=3e-3, progress=False)
+    rng, generator = random.Random(0), torch.Generator().manual_seed(0)
+    optimizer = configure_optimizer(by_hand, 3e-3, 0.0)
+    for _ in range(2):
+        batch = rlhf.ppo_iteration(by_hand, reference, ShortIsGood(), rng.sample(prompts, 8), optimizer, generator)
+    assert len(batch.losses) == 4 and batch.advantages.shape == (8,)
+    torch.testing.assert_close(batch.reward.mean().item(), history.reward[-1])
+    for a, b in zip(policy.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_has_filler():
+    assert rlhf.has_filler("reverse kbd=", "dbk um.") and not rlhf.has_filler("reverse kbd=", "dbk.")
+    assert not rlhf.has_filler("reverse kbd=", "dbx um.")
