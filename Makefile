@@ -11,10 +11,13 @@ book:
 	$(PYTHON) -m pip install -q -e ".[book]"
 	$(BIN)/jupyter-book build -W -n --keep-going .
 
+# Ruff (configured in pyproject.toml) lints and checks the format first: CI enforces them.
 # GPTCOURSE_SIZE=smoke makes every training notebook run in seconds; IPYTHONDIR turns off
 # ANSI colours in kernel tracebacks so failures read cleanly in CI logs.
 test:
 	$(PYTHON) -m pip install -q -e ".[test]"
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	GPTCOURSE_SIZE=smoke IPYTHONDIR=$(CURDIR)/tests/ipython \
 	$(PYTHON) -m pytest -n $(WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider --durations=15
 

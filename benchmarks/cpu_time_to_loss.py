@@ -19,8 +19,17 @@ import time
 import torch
 
 MODEL = dict(block_size=64, n_layer=3, n_head=4, n_embd=128, bias=False)
-RECIPE = dict(max_steps=1000, batch_size=32, lr=4e-3, min_lr=4e-4, warmup_steps=50, beta2=0.99,
-              weight_decay=0.1, eval_interval=100, eval_iters=10)
+RECIPE = dict(
+    max_steps=1000,
+    batch_size=32,
+    lr=4e-3,
+    min_lr=4e-4,
+    warmup_steps=50,
+    beta2=0.99,
+    weight_decay=0.1,
+    eval_interval=100,
+    eval_iters=10,
+)
 
 
 def main() -> None:
@@ -56,20 +65,29 @@ def main() -> None:
     history = train(model, train_ids, val_ids, config, "cpu", callback=report)
     total = time.perf_counter() - t0
     reached = history.eval_val_loss[-1] <= args.target
-    print(f"model: {model_kw} | {model.num_params() / 1e6:.2f}M parameters | {args.threads} threads | "
-          f"torch {torch.__version__}")
+    print(
+        f"model: {model_kw} | {model.num_params() / 1e6:.2f}M parameters | {args.threads} threads | "
+        f"torch {torch.__version__}"
+    )
     print(f"train: {train_kw}")
     print(f"{'step':>5} {'train':>7} {'val':>7} {'seconds':>8} {'ms/step':>8}")
     previous_step, previous_time = 0, 0.0
     for i, step in enumerate(history.eval_steps):
         ms = 1000 * (history.elapsed[i] - previous_time) / (step - previous_step)
-        print(f"{step:>5} {history.eval_train_loss[i]:>7.4f} {history.eval_val_loss[i]:>7.4f} "
-              f"{history.elapsed[i]:>8.1f} {ms:>8.1f}")
+        print(
+            f"{step:>5} {history.eval_train_loss[i]:>7.4f} {history.eval_val_loss[i]:>7.4f} "
+            f"{history.elapsed[i]:>8.1f} {ms:>8.1f}"
+        )
         previous_step, previous_time = step, history.elapsed[i]
-    verdict = (f"reached val {history.eval_val_loss[-1]:.4f} <= {args.target} at step {history.eval_steps[-1]}"
-               if reached else f"did NOT reach {args.target} (best val {min(history.eval_val_loss):.4f})")
-    print(f"{verdict} | wall time {total:.1f} s including data preparation (goal <= {args.budget:.0f} s; "
-          f"nanoGPT's CPU recipe: 205 s)")
+    verdict = (
+        f"reached val {history.eval_val_loss[-1]:.4f} <= {args.target} at step {history.eval_steps[-1]}"
+        if reached
+        else f"did NOT reach {args.target} (best val {min(history.eval_val_loss):.4f})"
+    )
+    print(
+        f"{verdict} | wall time {total:.1f} s including data preparation (goal <= {args.budget:.0f} s; "
+        f"nanoGPT's CPU recipe: 205 s)"
+    )
 
 
 if __name__ == "__main__":

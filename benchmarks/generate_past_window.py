@@ -24,7 +24,7 @@ from gptcourse.model import GPT, GPTConfig
 def crop_every_token(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
     """Greedy decoding that feeds the last ``block_size`` tokens at every step (no cache)."""
     for _ in range(n):
-        logits, _ = model(idx[:, -model.config.block_size:], last_only=True)
+        logits, _ = model(idx[:, -model.config.block_size :], last_only=True)
         idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return idx
 
@@ -42,8 +42,11 @@ def main() -> None:
     prompt = torch.randint(0, 65, (1, 8))
     inside_n = args.block_size - prompt.size(1)  # tokens until the window is full
     full = generate(model, prompt, inside_n, temperature=0)  # a context that fills the window exactly
-    times: dict[str, list[float]] = {"inside the window (cache)": [], "past the window (cache, half-window)": [],
-                                     "past the window (crop every token)": []}
+    times: dict[str, list[float]] = {
+        "inside the window (cache)": [],
+        "past the window (cache, half-window)": [],
+        "past the window (crop every token)": [],
+    }
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         generate(model, prompt, inside_n, temperature=0)
@@ -56,9 +59,11 @@ def main() -> None:
         times["past the window (crop every token)"].append((time.perf_counter() - t0) / args.past)
     best = {name: min(ts) for name, ts in times.items()}
     inside = best["inside the window (cache)"]
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, block {args.block_size} | {inside_n} tokens inside "
-          f"the window, {args.past} past it | greedy, batch 1 | {args.threads} threads | torch {torch.__version__} "
-          f"| best of {args.repeats}")
+    print(
+        f"model: {model.num_params() / 1e6:.2f}M parameters, block {args.block_size} | {inside_n} tokens inside "
+        f"the window, {args.past} past it | greedy, batch 1 | {args.threads} threads | torch {torch.__version__} "
+        f"| best of {args.repeats}"
+    )
     print(f"{'decoding':38s} {'ms/token':>9} {'vs inside':>10}")
     for name, seconds in best.items():
         print(f"{name:38s} {1000 * seconds:9.2f} {seconds / inside:9.2f}x")

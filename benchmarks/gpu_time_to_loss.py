@@ -27,8 +27,7 @@ def main() -> int:
     parser.add_argument("--eval-iters", type=int, default=50)
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("benchmark 4 needs a CUDA GPU (torch.cuda.is_available() is False); nothing was run",
-              file=sys.stderr)
+        print("benchmark 4 needs a CUDA GPU (torch.cuda.is_available() is False); nothing was run", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -50,17 +49,24 @@ def main() -> int:
     name = torch.cuda.get_device_name()
     precision = resolve_precision(config.precision, "cuda")
     peak = peak_flops(name, precision)
-    print(f"device: {name} | precision {precision} | peak {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}"
-          f" | compile {config.compile} | torch {torch.__version__} | {model.num_params() / 1e6:.2f}M parameters")
+    print(
+        f"device: {name} | precision {precision} | peak {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}"
+        f" | compile {config.compile} | torch {torch.__version__} | {model.num_params() / 1e6:.2f}M parameters"
+    )
     print(f"{'step':>5} {'train':>7} {'val':>7} {'seconds':>8} {'tokens/s':>10} {'MFU':>6}")
     for i, step in enumerate(history.eval_steps):
         mfu = history.mfu[i]
-        print(f"{step:>5} {history.eval_train_loss[i]:>7.4f} {history.eval_val_loss[i]:>7.4f} "
-              f"{history.elapsed[i]:>8.1f} {history.tokens_per_s[i]:>10.0f} "
-              f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%':>6}")
+        print(
+            f"{step:>5} {history.eval_train_loss[i]:>7.4f} {history.eval_val_loss[i]:>7.4f} "
+            f"{history.elapsed[i]:>8.1f} {history.tokens_per_s[i]:>10.0f} "
+            f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%':>6}"
+        )
     reached = history.eval_val_loss[-1] <= args.target
-    verdict = (f"reached val {history.eval_val_loss[-1]:.4f} <= {args.target} at step {history.eval_steps[-1]}"
-               if reached else f"did NOT reach {args.target} (best val {min(history.eval_val_loss):.4f})")
+    verdict = (
+        f"reached val {history.eval_val_loss[-1]:.4f} <= {args.target} at step {history.eval_steps[-1]}"
+        if reached
+        else f"did NOT reach {args.target} (best val {min(history.eval_val_loss):.4f})"
+    )
     print(f"{verdict} | wall time {total:.1f} s (goal <= {args.budget:.0f} s; nanoGPT: ~3 min on an A100)")
     return 0
 

@@ -34,8 +34,16 @@ def main() -> None:
     models = {}
     for name, n_kv_head in VARIANTS.items():
         torch.manual_seed(0)
-        models[name] = GPT(GPTConfig(vocab_size=65, block_size=args.prompt + args.new_tokens, n_layer=4,
-                                     n_head=8, n_embd=256, n_kv_head=n_kv_head)).eval()
+        models[name] = GPT(
+            GPTConfig(
+                vocab_size=65,
+                block_size=args.prompt + args.new_tokens,
+                n_layer=4,
+                n_head=8,
+                n_embd=256,
+                n_kv_head=n_kv_head,
+            )
+        ).eval()
     prompt = torch.randint(0, 65, (args.batch, args.prompt))
     rates: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(args.repeats):
@@ -43,16 +51,20 @@ def main() -> None:
             t0 = time.perf_counter()
             generate(model, prompt, args.new_tokens, temperature=0)
             rates[name].append(args.batch * args.new_tokens / (time.perf_counter() - t0))
-    print(f"prompt {args.prompt}, {args.new_tokens} new tokens, batch {args.batch}, {args.threads} thread(s), "
-          f"best of {args.repeats}")
+    print(
+        f"prompt {args.prompt}, {args.new_tokens} new tokens, batch {args.batch}, {args.threads} thread(s), "
+        f"best of {args.repeats}"
+    )
     print(f"{'':4s} {'n_kv_head':>9} {'cache bytes':>12} {'tokens/s':>9} {'vs MHA':>7}")
     full = torch.randint(0, 65, (args.batch, args.prompt + args.new_tokens))  # the cache at the end
     for name, model in models.items():
         cache = KVCache(model.config.n_layer)
         with torch.no_grad():
             model(full, cache=cache)
-        print(f"{name:4s} {VARIANTS[name]:9d} {cache.nbytes():12,d} {max(rates[name]):9.0f} "
-              f"{max(rates[name]) / max(rates['MHA']):6.2f}x")
+        print(
+            f"{name:4s} {VARIANTS[name]:9d} {cache.nbytes():12,d} {max(rates[name]):9.0f} "
+            f"{max(rates[name]) / max(rates['MHA']):6.2f}x"
+        )
 
 
 if __name__ == "__main__":

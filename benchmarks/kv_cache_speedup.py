@@ -38,8 +38,10 @@ def main() -> None:
             outputs[use_cache] = generate(model, prompt, args.new_tokens, temperature=0, use_cache=use_cache)
             times[use_cache].append(time.perf_counter() - t0)
     identical = torch.equal(outputs[True], outputs[False])
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, block 256 | prompt {args.prompt} tokens, "
-          f"{args.new_tokens} new tokens, greedy | {args.threads} threads | torch {torch.__version__}")
+    print(
+        f"model: {model.num_params() / 1e6:.2f}M parameters, block 256 | prompt {args.prompt} tokens, "
+        f"{args.new_tokens} new tokens, greedy | {args.threads} threads | torch {torch.__version__}"
+    )
     print(f"{'decoding':<18} {'seconds (median)':>17} {'tokens/s':>10}")
     for use_cache, label in ((False, "without KV cache"), (True, "with KV cache")):
         m = statistics.median(times[use_cache])

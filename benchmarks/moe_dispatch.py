@@ -43,10 +43,19 @@ def nonzero_dispatch(self: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def build(n_expert: int, dispatch: str, args: argparse.Namespace) -> GPT:
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=65, block_size=args.block_size, n_layer=args.n_layer, n_head=4,
-                       n_embd=args.n_embd, bias=False, ffn="moe", n_expert=n_expert, expert_top_k=args.top_k,
-                       expert_hidden=args.expert_hidden,
-                       capacity_factor=args.capacity_factor if dispatch == "padded" else None)
+    config = GPTConfig(
+        vocab_size=65,
+        block_size=args.block_size,
+        n_layer=args.n_layer,
+        n_head=4,
+        n_embd=args.n_embd,
+        bias=False,
+        ffn="moe",
+        n_expert=n_expert,
+        expert_top_k=args.top_k,
+        expert_hidden=args.expert_hidden,
+        capacity_factor=args.capacity_factor if dispatch == "padded" else None,
+    )
     model = GPT(config).to(args.device)
     if dispatch == "per-expert nonzero":
         for module in model.modules():
@@ -79,20 +88,29 @@ def main() -> None:
         def step():
             model.zero_grad(set_to_none=True)
             model(x, x)[1].backward()
+
         return step
 
-    times = round_robin({key: training_step(model) for key, model in models.items()}, args.rounds, args.steps,
-                        args.device)
-    print(f"MoE GPT: {args.n_layer} layers, n_embd {args.n_embd}, experts {args.expert_hidden} wide, top-{args.top_k}, "
-          f"batch {args.batch_size} x {args.block_size} | forward + backward | device {args.device}, "
-          f"{args.threads} threads | torch {torch.__version__} | median of {args.rounds} turns of {args.steps} steps")
-    print(f"{'dispatch':<20}" + "".join(f"{f'{e} experts (ms)':>17}" for e in args.experts)
-          + f"{f'ratio {args.experts[-1]}/{args.experts[0]}':>12}")
+    times = round_robin(
+        {key: training_step(model) for key, model in models.items()}, args.rounds, args.steps, args.device
+    )
+    print(
+        f"MoE GPT: {args.n_layer} layers, n_embd {args.n_embd}, experts {args.expert_hidden} wide, top-{args.top_k}, "
+        f"batch {args.batch_size} x {args.block_size} | forward + backward | device {args.device}, "
+        f"{args.threads} threads | torch {torch.__version__} | median of {args.rounds} turns of {args.steps} steps"
+    )
+    print(
+        f"{'dispatch':<20}"
+        + "".join(f"{f'{e} experts (ms)':>17}" for e in args.experts)
+        + f"{f'ratio {args.experts[-1]}/{args.experts[0]}':>12}"
+    )
     for d in dispatches:
         ms = [1000 * statistics.median(times[(d, e)]) for e in args.experts]
         print(f"{d:<20}" + "".join(f"{m:>17.1f}" for m in ms) + f"{ms[-1] / ms[0]:>12.2f}")
-    print(f"goal: ratio <= 1.5 for sorted, the default dispatch (padded: capacity factor {args.capacity_factor}, "
-          "for torch.compile and accelerators; its batched products are measured here too)")
+    print(
+        f"goal: ratio <= 1.5 for sorted, the default dispatch (padded: capacity factor {args.capacity_factor}, "
+        "for torch.compile and accelerators; its batched products are measured here too)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from collections.abc import Callable, Hashable
 import torch
 
 
-def round_robin(steps: dict[Hashable, Callable[[], object]], rounds: int, steps_per_turn: int,
-                device: str) -> dict[Hashable, list[float]]:
+def round_robin(
+    steps: dict[Hashable, Callable[[], object]], rounds: int, steps_per_turn: int, device: str
+) -> dict[Hashable, list[float]]:
     """Seconds per call of each ``steps[key]()``: ``rounds`` turns of ``steps_per_turn`` calls each,
     after one warm-up turn that is not counted; CUDA is synchronised around every turn."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

@@ -24,11 +24,30 @@ def build(args):
     from gptcourse.model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    ours = GPT(GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                         n_head=args.n_head, n_embd=args.n_embd, dropout=0.0, bias=True))
-    hf_config = GPT2Config(vocab_size=args.vocab_size, n_positions=args.block_size, n_embd=args.n_embd,
-                           n_layer=args.n_layer, n_head=args.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                           attn_pdrop=0.0, activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
+    ours = GPT(
+        GPTConfig(
+            vocab_size=args.vocab_size,
+            block_size=args.block_size,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+            dropout=0.0,
+            bias=True,
+        )
+    )
+    hf_config = GPT2Config(
+        vocab_size=args.vocab_size,
+        n_positions=args.block_size,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        activation_function="gelu_new",
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     hf_config._attn_implementation = "sdpa"  # the same fused attention kernel gptcourse uses
     theirs = GPT2LMHeadModel(hf_config)
     print(f"transformers {transformers.__version__}, attention implementation: {theirs.config._attn_implementation}")
@@ -60,20 +79,26 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+
         return step
 
     steps = {
         "gptcourse GPT": training_step(ours, torch.optim.AdamW(ours.parameters(), lr=1e-4), lambda m: m(x, x)[1]),
-        "transformers GPT2LMHeadModel": training_step(theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4),
-                                                      lambda m: m(input_ids=x, labels=x).loss),
+        "transformers GPT2LMHeadModel": training_step(
+            theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4), lambda m: m(input_ids=x, labels=x).loss
+        ),
     }
     times = round_robin(steps, args.rounds, args.steps, args.device)
     tokens = args.batch_size * args.block_size
-    print(f"config: {args.n_layer} layers, {args.n_head} heads, n_embd {args.n_embd}, block {args.block_size}, "
-          f"batch {args.batch_size}, vocab {args.vocab_size} | device {args.device}, {args.threads} threads | "
-          f"torch {torch.__version__}")
-    print(f"parameters: gptcourse {n_ours:,} | transformers {n_theirs:,} "
-          "(transformers also counts its position table as gptcourse does; both tie the output layer)")
+    print(
+        f"config: {args.n_layer} layers, {args.n_head} heads, n_embd {args.n_embd}, block {args.block_size}, "
+        f"batch {args.batch_size}, vocab {args.vocab_size} | device {args.device}, {args.threads} threads | "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"parameters: gptcourse {n_ours:,} | transformers {n_theirs:,} "
+        "(transformers also counts its position table as gptcourse does; both tie the output layer)"
+    )
     print(f"{'model':<30} {'ms/step (median)':>17} {'tokens/s':>10}")
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, m in medians.items():

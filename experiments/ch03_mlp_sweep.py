@@ -51,8 +51,7 @@ CONFIGS = {
 }
 
 
-def train(name: str, ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int, seed: int,
-          eval_every: int) -> dict:
+def train(name: str, ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int, seed: int, eval_every: int) -> dict:
     """Train configuration ``name`` on ``ids``; the loss on ``eval_ids`` every ``eval_every`` steps."""
     context, n_embd, n_hidden, batch_size, lr, weight_decay, steps, decay = CONFIGS[name]
     x, y = context_windows(ids, context)
@@ -80,9 +79,15 @@ def train(name: str, ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int,
     # the training loss of the final parameters, on a fixed sample of 100k training pairs
     sample = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))[:100_000]
     best_step, _, best = min(curve, key=lambda c: c[2])
-    return {"params": sum(p.numel() for p in model.parameters()), "seconds": seconds, "curve": curve,
-            "best_step": best_step, "best": best, "last": curve[-1][2],
-            "train": evaluate(model, x[sample], y[sample])}
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "seconds": seconds,
+        "curve": curve,
+        "best_step": best_step,
+        "best": best,
+        "last": curve[-1][2],
+        "train": evaluate(model, x[sample], y[sample]),
+    }
 
 
 def main() -> None:
@@ -101,20 +106,29 @@ def main() -> None:
     else:
         ids, eval_ids = train_all, heldout
         eval_name = "held-out"
-    print(f"phase {args.phase}: {torch.get_num_threads()} thread(s); train on {len(ids):,} chars, "
-          f"score on {len(eval_ids):,} {eval_name} chars")
+    print(
+        f"phase {args.phase}: {torch.get_num_threads()} thread(s); train on {len(ids):,} chars, "
+        f"score on {len(eval_ids):,} {eval_name} chars"
+    )
     for n, k in ((4, 0.1), (5, 0.01), (5, 0.1)):
         ngram = NGramModel(n, k=k).fit(chars.decode(ids.tolist()), chars.chars)
-        print(f"{n}-gram (k={k}) fitted on the same training chars, {eval_name}: "
-              f"{math.log(ngram.perplexity(chars.decode(eval_ids.tolist()))):.4f} nats/char")
+        print(
+            f"{n}-gram (k={k}) fitted on the same training chars, {eval_name}: "
+            f"{math.log(ngram.perplexity(chars.decode(eval_ids.tolist()))):.4f} nats/char"
+        )
     for name in args.configs:
         for seed in args.seeds:
             r = train(name, ids, eval_ids, chars.vocab_size, seed, args.eval_every)
-            print(f"RESULT phase={args.phase} {name} seed={seed} params={r['params']} seconds={r['seconds']:.0f} "
-                  f"train={r['train']:.4f} {eval_name}_last={r['last']:.4f} "
-                  f"{eval_name}_best={r['best']:.4f}@{r['best_step']}")
-            print(f"  curve (step: mean train loss since the last eval / {eval_name} loss): "
-                  + " ".join(f"{s}:{t:.3f}/{d:.3f}" for s, t, d in r["curve"]), flush=True)
+            print(
+                f"RESULT phase={args.phase} {name} seed={seed} params={r['params']} seconds={r['seconds']:.0f} "
+                f"train={r['train']:.4f} {eval_name}_last={r['last']:.4f} "
+                f"{eval_name}_best={r['best']:.4f}@{r['best_step']}"
+            )
+            print(
+                f"  curve (step: mean train loss since the last eval / {eval_name} loss): "
+                + " ".join(f"{s}:{t:.3f}/{d:.3f}" for s, t, d in r["curve"]),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

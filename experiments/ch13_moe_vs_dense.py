@@ -52,11 +52,23 @@ VARIANTS = {
 
 # size: (GPTConfig kwargs without the vocabulary, TrainConfig kwargs without the seed)
 RECIPES = {
-    "smoke": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False, dropout=0.0),
-              dict(max_steps=30, batch_size=8, lr=3e-3, warmup_steps=3, eval_interval=10, eval_iters=2)),
-    "cpu": (dict(block_size=64, n_layer=2, n_head=4, n_embd=64, bias=False, dropout=0.0),
-            dict(max_steps=1500, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=75, beta2=0.99,
-                 eval_interval=250, eval_iters=10)),
+    "smoke": (
+        dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False, dropout=0.0),
+        dict(max_steps=30, batch_size=8, lr=3e-3, warmup_steps=3, eval_interval=10, eval_iters=2),
+    ),
+    "cpu": (
+        dict(block_size=64, n_layer=2, n_head=4, n_embd=64, bias=False, dropout=0.0),
+        dict(
+            max_steps=1500,
+            batch_size=16,
+            lr=3e-3,
+            min_lr=3e-4,
+            warmup_steps=75,
+            beta2=0.99,
+            eval_interval=250,
+            eval_iters=10,
+        ),
+    ),
 }
 WINDOWS = 30  # the routing statistics are averaged over this many windows of training steps
 
@@ -107,12 +119,20 @@ def run(variant: str, seed: int, size: str, train_ids: torch.Tensor, val_ids: to
     for handle in handles:
         handle.remove()
     windows = min(WINDOWS, config.max_steps)
-    return {"variant": variant, "seed": seed, "params": model.num_params(), "active": active_params(model),
-            "heldout": round(heldout_loss(model, val_ids, model.config.block_size), 5),
-            "eval_steps": history.eval_steps, "eval_val_loss": [round(v, 4) for v in history.eval_val_loss],
-            "seconds": round(seconds, 1), "tokens_per_s": round(sum(history.tokens_per_s) / len(history.tokens_per_s)),
-            "window_steps": [round((i + 1) * config.max_steps / windows) for i in range(windows)],
-            "shares": [windowed(s, windows) for s in shares], "dropped": [windowed(d, windows) for d in dropped]}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "params": model.num_params(),
+        "active": active_params(model),
+        "heldout": round(heldout_loss(model, val_ids, model.config.block_size), 5),
+        "eval_steps": history.eval_steps,
+        "eval_val_loss": [round(v, 4) for v in history.eval_val_loss],
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(sum(history.tokens_per_s) / len(history.tokens_per_s)),
+        "window_steps": [round((i + 1) * config.max_steps / windows) for i in range(windows)],
+        "shares": [windowed(s, windows) for s in shares],
+        "dropped": [windowed(d, windows) for d in dropped],
+    }
 
 
 def main() -> None:
@@ -125,15 +145,37 @@ def main() -> None:
     chars = CharTokenizer(text)
     train_ids, val_ids = train_val_split(torch.tensor(chars.encode(text)))
     model_kwargs, train_kwargs = RECIPES[args.size]
-    print(f"# {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; train on {len(train_ids):,} chars, "
-          f"score on all {len(val_ids):,} held-out chars")
-    print("CONFIG " + json.dumps({"size": args.size, "model": model_kwargs, "train": train_kwargs,
-                                  "variants": {v: VARIANTS[v] for v in args.variants}, "seeds": args.seeds}))
+    print(
+        f"# {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; train on {len(train_ids):,} chars, "
+        f"score on all {len(val_ids):,} held-out chars"
+    )
+    print(
+        "CONFIG "
+        + json.dumps(
+            {
+                "size": args.size,
+                "model": model_kwargs,
+                "train": train_kwargs,
+                "variants": {v: VARIANTS[v] for v in args.variants},
+                "seeds": args.seeds,
+            }
+        )
+    )
     # the 5-gram on the whole training split takes a while: the smoke size fits it on a slice (and scores a slice)
     fit_ids, score_ids = (train_ids, val_ids) if args.size != "smoke" else (train_ids[:100_000], val_ids[:10_000])
     ngram = NGramModel(5, k=0.01).fit(chars.decode(fit_ids.tolist()), chars.chars)
-    print("NGRAM " + json.dumps({"n": 5, "k": 0.01, "fitted_on": len(fit_ids), "scored_on": len(score_ids),
-                                 "heldout": round(math.log(ngram.perplexity(chars.decode(score_ids.tolist()))), 5)}))
+    print(
+        "NGRAM "
+        + json.dumps(
+            {
+                "n": 5,
+                "k": 0.01,
+                "fitted_on": len(fit_ids),
+                "scored_on": len(score_ids),
+                "heldout": round(math.log(ngram.perplexity(chars.decode(score_ids.tolist()))), 5),
+            }
+        )
+    )
     for seed in args.seeds:  # seed by seed, so that a partial output already compares the variants
         for variant in args.variants:
             print("RUN " + json.dumps(run(variant, seed, args.size, train_ids, val_ids, chars.vocab_size)), flush=True)

@@ -37,24 +37,32 @@ def main() -> None:
     n = args.n or {"smoke": 20, "cpu": 300}[args.size]
     config, kwargs = incontext.recipe(args.size)
     train_words, heldout_words = incontext.split_words()
-    print(f"header size={args.size} n={n} layers={config.n_layer} width={config.n_embd} steps={kwargs['steps']} "
-          f"heldout_words={len(heldout_words)} task_blind={incontext.task_blind_accuracy(heldout_words):.4f} "
-          f"threads={torch.get_num_threads()}", flush=True)
+    print(
+        f"header size={args.size} n={n} layers={config.n_layer} width={config.n_embd} steps={kwargs['steps']} "
+        f"heldout_words={len(heldout_words)} task_blind={incontext.task_blind_accuracy(heldout_words):.4f} "
+        f"threads={torch.get_num_threads()}",
+        flush=True,
+    )
     for seed in args.seeds:
         torch.manual_seed(seed)
         model = GPT(config)
         t0 = time.perf_counter()
         losses = incontext.pretrain(model, train_words, seed=seed, progress=False, **kwargs)
         tail = losses[-50:]
-        print(f"trained seed={seed} final_loss={sum(tail) / len(tail):.4f} seconds={time.perf_counter() - t0:.1f}",
-              flush=True)
+        print(
+            f"trained seed={seed} final_loss={sum(tail) / len(tail):.4f} seconds={time.perf_counter() - t0:.1f}",
+            flush=True,
+        )
         for described in (False, True):
-            table = incontext.accuracy_table(model, heldout_words, SHOTS, n=n, progress=False, described=described,
-                                             seed=seed)
+            table = incontext.accuracy_table(
+                model, heldout_words, SHOTS, n=n, progress=False, described=described, seed=seed
+            )
             for task, accs in table.items():
                 for k, acc in zip(SHOTS, accs):
-                    print(f"acc seed={seed} described={int(described)} task={task.replace(' ', '_')} k={k} n={n} "
-                          f"acc={acc:.4f}")
+                    print(
+                        f"acc seed={seed} described={int(described)} task={task.replace(' ', '_')} k={k} n={n} "
+                        f"acc={acc:.4f}"
+                    )
         print(flush=True)
 
 

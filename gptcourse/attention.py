@@ -56,9 +56,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     return weights.masked_fill(torch.isneginf(scores).all(dim=-1, keepdim=True), 0.0)
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention written out: ``softmax(q k^T / sqrt(d) + mask) v``.
 
     ``q`` is ``(..., T, d)``, ``k`` is ``(..., S, d)``, ``v`` is ``(..., S, dv)``; ``mask``
@@ -110,8 +108,9 @@ class KVCache:
 
     def nbytes(self) -> int:
         """Bytes held by the cached tensors."""
-        return sum(t.numel() * t.element_size() for layer in self.layers
-                   for t in (layer.keys, layer.values) if t is not None)
+        return sum(
+            t.numel() * t.element_size() for layer in self.layers for t in (layer.keys, layer.values) if t is not None
+        )
 
 
 class MultiHeadAttention(nn.Module):
@@ -122,13 +121,14 @@ class MultiHeadAttention(nn.Module):
     values come from one fused projection ``c_attn`` (as in GPT-2, so its weights load directly).
     """
 
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, dropout: float = 0.0,
-                 bias: bool = True):
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_embd % n_head or n_head % n_kv_head:
-            raise ValueError(f"need n_embd % n_head == 0 and n_head % n_kv_head == 0, got "
-                             f"n_embd={n_embd}, n_head={n_head}, n_kv_head={n_kv_head}")
+            raise ValueError(
+                f"need n_embd % n_head == 0 and n_head % n_kv_head == 0, got "
+                f"n_embd={n_embd}, n_head={n_head}, n_kv_head={n_kv_head}"
+            )
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
         self.dropout = dropout
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
@@ -154,8 +154,9 @@ class MultiHeadAttention(nn.Module):
         T = x.size(1)
         return attention_weights(q, k, causal_mask(T, device=x.device) if mask is None else mask)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x`` is ``(B, T, C)``; returns ``(B, T, C)``.
 
         ``mask`` (``(T, S)``, True = may attend) replaces the causal mask, e.g. for sparse attention.
@@ -172,9 +173,15 @@ class MultiHeadAttention(nn.Module):
         if mask is None and 1 < T < S:
             mask = causal_mask(T, S, device=x.device)
         # enable_gqa: each group of nh // nkv query heads reads one key/value head, never copied
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=mask is None and T == S > 1,
-                                           enable_gqa=self.n_kv_head != self.n_head)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and T == S > 1,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hd) -> (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -186,8 +193,7 @@ class MultiHeadAttention(nn.Module):
 # through the same attention code; `local_attention` shows how a band saves time for real.
 
 
-def _query_key_positions(T: int, S: int | None, device: torch.device | str | None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def _query_key_positions(T: int, S: int | None, device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Absolute positions ``(T, 1)`` of the queries (the last ``T`` of ``S``) and ``(1, S)`` of the keys."""
     S = T if S is None else S
     if T > S:
@@ -200,8 +206,7 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def local_mask(T: int, window: int, S: int | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
+def local_mask(T: int, window: int, S: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """Boolean ``(T, S)`` locally banded causal mask: query ``i`` sees key ``j`` when
     ``0 <= i - j < window`` (itself and the ``window - 1`` positions before it).
 
@@ -213,8 +218,7 @@ def local_mask(T: int, window: int, S: int | None = None,
     return (i - j >= 0) & (i - j < window)
 
 
-def strided_mask(T: int, stride: int, S: int | None = None,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+def strided_mask(T: int, stride: int, S: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """Boolean ``(T, S)`` strided causal mask of the Sparse Transformer, its two heads merged:
     query ``i`` sees the last ``stride`` positions (``0 <= i - j < stride``) and every earlier
     position a multiple of ``stride`` back (``(i - j) % stride == 0``).
@@ -230,8 +234,9 @@ def strided_mask(T: int, stride: int, S: int | None = None,
     return (d >= 0) & ((d < stride) | (d % stride == 0))
 
 
-def fixed_mask(T: int, stride: int, S: int | None = None, device: torch.device | str | None = None,
-               summary: int = 1) -> torch.Tensor:
+def fixed_mask(
+    T: int, stride: int, S: int | None = None, device: torch.device | str | None = None, summary: int = 1
+) -> torch.Tensor:
     """Boolean ``(T, S)`` *fixed* causal mask of the Sparse Transformer (Child et al. 2019, Section
     4.2), its two heads merged: the sequence is cut into blocks of ``stride`` positions; query ``i``
     sees every earlier key of its own block (``j // stride == i // stride``) and the last
@@ -256,8 +261,15 @@ SPARSE_PATTERNS = {
 """Pattern name -> mask builder ``(T, S, window, stride, device) -> (T, S)`` boolean mask."""
 
 
-def sparse_mask(pattern: str, T: int, S: int | None = None, *, window: int = 1, stride: int = 1,
-                device: torch.device | str | None = None) -> torch.Tensor:
+def sparse_mask(
+    pattern: str,
+    T: int,
+    S: int | None = None,
+    *,
+    window: int = 1,
+    stride: int = 1,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """The ``(T, S)`` boolean mask of ``pattern`` (a key of :data:`SPARSE_PATTERNS`); ``window``
     is used by ``"local"``, ``stride`` by ``"strided"`` and ``"fixed"`` (its block length, with one
     summary position per block)."""
@@ -289,6 +301,7 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
         return F.pad(t, (0, 0, 0, pad)).view(*batch, nb, w, t.size(-1))
 
     qb, kb, vb = blocks(q), blocks(k), blocks(v)
+
     def with_previous(t: torch.Tensor) -> torch.Tensor:  # (..., nb, w, d) -> (..., nb, 2w, d)
         # block 0's "previous block" is zero padding, masked out below
         return torch.cat([F.pad(t, (0, 0, 0, 0, 1, 0))[..., :-1, :, :], t], dim=-2)
@@ -315,8 +328,7 @@ def attention_maps(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
     if not layers:
         raise ValueError("attention_maps needs a model with MultiHeadAttention layers")
     maps: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda m, args, out: maps.append(m.attention_weights(args[0])))
-             for m in layers]
+    hooks = [m.register_forward_hook(lambda m, args, out: maps.append(m.attention_weights(args[0]))) for m in layers]
     try:
         with evaluating(model):
             model(idx)

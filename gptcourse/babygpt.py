@@ -84,9 +84,15 @@ def transition_matrix(probs: torch.Tensor) -> torch.Tensor:
     return M
 
 
-def train_baby_gpt(model: GPT, X: torch.Tensor, Y: torch.Tensor, steps: int = 50, lr: float = 1e-3,
-                   weight_decay: float = 0.1,
-                   callback: Callable[[int, float, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+def train_baby_gpt(
+    model: GPT,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    steps: int = 50,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+) -> list[torch.Tensor]:
     """Full-batch AdamW on the last position's next bit, as in the original notebook (every parameter
     decayed). Returns the transition probabilities before training and after each step
     (``steps + 1`` tensors of shape ``(8, 2)``); ``callback(step, loss, probs)`` sees each step."""
@@ -106,12 +112,19 @@ def train_baby_gpt(model: GPT, X: torch.Tensor, Y: torch.Tensor, steps: int = 50
 
 
 # A planar drawing of the 8-state chain (a de Bruijn graph): 000 on the left, 111 on the right.
-LAYOUT = {0b000: (-3.0, 0.0), 0b001: (-1.5, 1.5), 0b011: (1.5, 1.5), 0b111: (3.0, 0.0),
-          0b110: (1.5, -1.5), 0b100: (-1.5, -1.5), 0b010: (-0.6, 0.0), 0b101: (0.6, 0.0)}
+LAYOUT = {
+    0b000: (-3.0, 0.0),
+    0b001: (-1.5, 1.5),
+    0b011: (1.5, 1.5),
+    0b111: (3.0, 0.0),
+    0b110: (1.5, -1.5),
+    0b100: (-1.5, -1.5),
+    0b010: (-0.6, 0.0),
+    0b101: (0.6, 0.0),
+}
 
 
-def draw_chain(probs: torch.Tensor, ax=None, title: str | None = None,
-               seen: torch.Tensor | None = None):
+def draw_chain(probs: torch.Tensor, ax=None, title: str | None = None, seen: torch.Tensor | None = None):
     """Draw the Markov chain of ``(8, 2)`` next-bit probabilities with matplotlib (no graphviz).
 
     Every state has two arrows, "append 0" (orange) and "append 1" (blue), whose width and label
@@ -130,8 +143,15 @@ def draw_chain(probs: torch.Tensor, ax=None, title: str | None = None,
         for bit in (0, 1):
             p = float(probs[s, bit])
             t = next_state(s, bit)
-            style = dict(arrowstyle="-|>", mutation_scale=14, lw=0.5 + 4 * p, alpha=0.25 + 0.75 * p,
-                         color="tab:blue" if bit else "tab:orange", shrinkA=0, shrinkB=0)
+            style = dict(
+                arrowstyle="-|>",
+                mutation_scale=14,
+                lw=0.5 + 4 * p,
+                alpha=0.25 + 0.75 * p,
+                color="tab:blue" if bit else "tab:orange",
+                shrinkA=0,
+                shrinkB=0,
+            )
             (x0, y0), (x1, y1) = LAYOUT[s], LAYOUT[t]
             if s == t:  # a self-loop, drawn on the outer side of 000 / 111
                 out = 1.0 if x0 > 0 else -1.0
@@ -146,8 +166,16 @@ def draw_chain(probs: torch.Tensor, ax=None, title: str | None = None,
                 ax.add_patch(FancyArrowPatch(start, end, connectionstyle=f"arc3,rad={rad}", **style))
                 # the middle of matplotlib's arc3 curve: mid + rad/2 * (dy, -dx)
                 lx, ly = (x0 + x1) / 2 + rad / 2 * dy, (y0 + y1) / 2 - rad / 2 * dx
-            ax.text(lx, ly, f"{p:.0%}", fontsize=8, color=style["color"], ha="center", va="center",
-                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
+            ax.text(
+                lx,
+                ly,
+                f"{p:.0%}",
+                fontsize=8,
+                color=style["color"],
+                ha="center",
+                va="center",
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85),
+            )
     for s, xy in LAYOUT.items():
         shade = "#d9ead3" if seen is None or bool(seen[s]) else "#e6e6e6"
         ax.add_patch(Circle(xy, radius, fc=shade, ec="black", zorder=3))

@@ -175,8 +175,9 @@ class TaskTokenizer:
         return "".join(names.get(i) or self.base.decode([i]) for i in ids)
 
 
-def collate(examples: list[Example], tokenizer: TaskTokenizer, block_size: int,
-            device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    examples: list[Example], tokenizer: TaskTokenizer, block_size: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch: ``idx`` ``(B, T)`` right-padded with the extract id, ``extract_pos`` ``(B,)`` (the
     index of each row's extract token) and ``labels`` ``(B,)``. Right padding is safe with a causal
     model: no real position can attend to the padding after it."""
@@ -221,8 +222,14 @@ def speaker_lm_config(tokenizer: TaskTokenizer, size: str, block_size: int = TAS
     return GPTConfig(**{**model_kwargs, "vocab_size": tokenizer.vocab_size, "block_size": block_size})
 
 
-def pretrained_speaker_lm(text: str, task: SpeakerTask, tokenizer: TaskTokenizer, size: str, device: str = "cpu",
-                          block_size: int = TASK_BLOCK_SIZE) -> SpeakerLM:
+def pretrained_speaker_lm(
+    text: str,
+    task: SpeakerTask,
+    tokenizer: TaskTokenizer,
+    size: str,
+    device: str = "cpu",
+    block_size: int = TASK_BLOCK_SIZE,
+) -> SpeakerLM:
     """The language model fine-tuned in Chapter 14, trained once on ``pretraining_text(text, task)``.
 
     Model and recipe are the course's ``shakespeare-char`` preset at ``size`` (cpu: 3000 steps of 32
@@ -274,8 +281,9 @@ def classifier_logits(hidden: torch.Tensor, extract_pos: torch.Tensor, head: nn.
     return head(h)
 
 
-def combined_loss(class_logits: torch.Tensor, labels: torch.Tensor, lm_logits: torch.Tensor,
-                  targets: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def combined_loss(
+    class_logits: torch.Tensor, labels: torch.Tensor, lm_logits: torch.Tensor, targets: torch.Tensor, lam: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(L3, L2, L1)`` with ``L3 = L2 + lam * L1``: ``L2`` the cross-entropy of ``class_logits``
     ``(B, K)`` against ``labels`` ``(B,)``, ``L1`` the mean next-token cross-entropy of
     ``lm_logits`` ``(B, T, V)`` against ``targets`` ``(B, T)`` (``-1`` ignored)."""
@@ -323,8 +331,9 @@ class FinetuneHistory:
     val_task_loss: float = float("nan")
 
 
-def evaluate(model: GPTClassifier, examples: list[Example], tokenizer: TaskTokenizer,
-             batch_size: int = 64, device: str = "cpu") -> tuple[float, float]:
+def evaluate(
+    model: GPTClassifier, examples: list[Example], tokenizer: TaskTokenizer, batch_size: int = 64, device: str = "cpu"
+) -> tuple[float, float]:
     """``(accuracy, mean L2)`` of ``model`` on ``examples``."""
     correct, loss = 0, 0.0
     with evaluating(model):
@@ -344,9 +353,15 @@ def lr_scale(step: int, steps: int, warmup_steps: int) -> float:
     return (steps - step) / max(1, steps - warmup_steps)
 
 
-def finetune_step(model: GPTClassifier, optimizer: torch.optim.Optimizer, idx: torch.Tensor,
-                  extract_pos: torch.Tensor, labels: torch.Tensor, lam: float,
-                  grad_clip: float = 1.0) -> tuple[float, float, float]:
+def finetune_step(
+    model: GPTClassifier,
+    optimizer: torch.optim.Optimizer,
+    idx: torch.Tensor,
+    extract_pos: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float,
+    grad_clip: float = 1.0,
+) -> tuple[float, float, float]:
     """One update of all of ``model`` on a batch from :func:`collate` (``idx`` ``(B, T)``,
     ``extract_pos`` and ``labels`` ``(B,)``) with ``L3 = L2 + lam·L1``; returns ``(L3, L2, L1)``."""
     class_logits, lm_logits = model(idx, extract_pos)
@@ -357,10 +372,21 @@ def finetune_step(model: GPTClassifier, optimizer: torch.optim.Optimizer, idx: t
     return l3.item(), l2.item(), l1.item()
 
 
-def finetune(model: GPTClassifier, task: SpeakerTask, tokenizer: TaskTokenizer, lam: float = 0.5,
-             steps: int = 200, batch_size: int = 32, lr: float = 3e-4, warmup_steps: int = 20,
-             device: str = "cpu", seed: int = 0, progress: bool = True, eval_every: int = 0,
-             weight_decay: float = 0.01) -> FinetuneHistory:
+def finetune(
+    model: GPTClassifier,
+    task: SpeakerTask,
+    tokenizer: TaskTokenizer,
+    lam: float = 0.5,
+    steps: int = 200,
+    batch_size: int = 32,
+    lr: float = 3e-4,
+    warmup_steps: int = 20,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    eval_every: int = 0,
+    weight_decay: float = 0.01,
+) -> FinetuneHistory:
     """Fine-tune all of ``model`` on ``task.train`` with ``L3 = L2 + lam·L1`` (AdamW with
     ``weight_decay`` on the matrices, :func:`lr_scale`'s warmup and linear decay to 0, as in GPT-1;
     batches drawn without replacement by ``random.Random(seed)``), then measure accuracy on

@@ -19,8 +19,9 @@ from gptcourse.attention import KVCache
 from gptcourse.loops import evaluating
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """Apply temperature, top-k and top-p to ``(B, V)`` logits; removed tokens get ``-inf``."""
     if temperature <= 0:
         raise ValueError("filter_logits needs temperature > 0 (temperature 0 means greedy: use argmax)")
@@ -69,9 +70,17 @@ def context_start(start: int, length: int, block_size: int) -> int:
     return length - max(1, block_size // 2)
 
 
-def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-             generator: torch.Generator | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
+def generate(
+    model: torch.nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    repetition_penalty: float = 1.0,
+) -> torch.Tensor:
     """Extend ``idx`` ``(B, T)`` by ``max_new_tokens`` sampled tokens; returns ``(B, T + max_new_tokens)``.
 
     With ``use_cache`` the keys and values of earlier positions are kept (a :class:`KVCache`), so each

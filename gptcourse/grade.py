@@ -58,9 +58,11 @@ OUTPUT_BUDGET = 16 * 2**20  # bytes of a notebook's ordinary output the grader k
 _TIMED_OUT = "GradingTimeout"  # the ename of the reply nbclient makes up when a cell runs too long
 KERNEL_NAME = "gptcourse-grade"
 CSV_COLUMNS = ["notebook", "exercise", "points", "max_points", "status", "message", "flags"]
-COLLECT_CELL = ("# Graded by `python -m gptcourse.grade`: the outputs of {name} for exercise {exercise}\n"
-                "from gptcourse.grading.collect import collect\n"
-                "collect({exercise!r}, seed={seed})")
+COLLECT_CELL = (
+    "# Graded by `python -m gptcourse.grade`: the outputs of {name} for exercise {exercise}\n"
+    "from gptcourse.grading.collect import collect\n"
+    "collect({exercise!r}, seed={seed})"
+)
 
 
 @dataclasses.dataclass
@@ -165,8 +167,9 @@ def identify(path: Path, nb: nbformat.NotebookNode | None, solutions: dict[str, 
     return best
 
 
-def assemble(student: nbformat.NotebookNode, solution: Solution,
-             seeds: dict[str, int]) -> tuple[nbformat.NotebookNode, dict[int, Exercise]]:
+def assemble(
+    student: nbformat.NotebookNode, solution: Solution, seeds: dict[str, int]
+) -> tuple[nbformat.NotebookNode, dict[int, Exercise]]:
     """The notebook to run: the student's cells, with a collecting cell where each graded cell is.
 
     Returns it and, for each collecting cell, its index. A student's graded cell (matched by
@@ -197,14 +200,16 @@ def assemble(student: nbformat.NotebookNode, solution: Solution,
             at += 1
         cells.insert(at + 1, ex)
         placed.add(ex.spec.id)
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": KERNEL_NAME, "display_name": "Python 3",
-                                                           "language": "python"}})
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}}
+    )
     graded: dict[int, Exercise] = {}
     for index, cell in enumerate(cells):
         if isinstance(cell, Exercise):
             graded[index] = cell
-            cell = nbformat.v4.new_code_cell(COLLECT_CELL.format(name=cell.spec.name, exercise=cell.spec.id,
-                                                                 seed=seeds[cell.spec.id]))
+            cell = nbformat.v4.new_code_cell(
+                COLLECT_CELL.format(name=cell.spec.name, exercise=cell.spec.id, seed=seeds[cell.spec.id])
+            )
         cell.id = f"cell-{index}"  # ids were only for matching; a student's may repeat
         nb.cells.append(cell)
     return nb, graded
@@ -212,8 +217,11 @@ def assemble(student: nbformat.NotebookNode, solution: Solution,
 
 def read_package(package_dir: Path = PACKAGE_DIR) -> dict[str, bytes]:
     """The course package's source files (path relative to its parent -> bytes), read once."""
-    return {p.relative_to(package_dir.parent).as_posix(): p.read_bytes()
-            for p in sorted(package_dir.rglob("*.py")) if "__pycache__" not in p.parts}
+    return {
+        p.relative_to(package_dir.parent).as_posix(): p.read_bytes()
+        for p in sorted(package_dir.rglob("*.py"))
+        if "__pycache__" not in p.parts
+    }
 
 
 def startup_files(patterns: Iterable[Path] | None = None) -> dict[Path, bytes]:
@@ -269,29 +277,53 @@ def _kernel_spec(folder: Path, box: sandbox.Sandbox, workdir: Path, course: Path
     spec_dir = folder / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
     # interrupts go over the control channel: the kernel signals itself inside its namespace
-    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "gptcourse grading",
-                                                      "language": "python", "interrupt_mode": "message"}))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {"argv": argv, "display_name": "gptcourse grading", "language": "python", "interrupt_mode": "message"}
+        )
+    )
     return KernelSpecManager(kernel_dirs=[str(folder / "kernels")], ensure_native_kernel=False)
 
 
 def _kernel_env(workdir: Path, size: str, course: Path) -> dict[str, str]:
-    keep = ("PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TIKTOKEN_CACHE_DIR",
-            "GPTCOURSE_DATA_DIR", "GPTCOURSE_REQUIRE_DATA", "VIRTUAL_ENV")
+    keep = (
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "TIKTOKEN_CACHE_DIR",
+        "GPTCOURSE_DATA_DIR",
+        "GPTCOURSE_REQUIRE_DATA",
+        "VIRTUAL_ENV",
+    )
     env = {k: os.environ[k] for k in keep if k in os.environ}
     ipython = workdir / ".ipython"
     (ipython / "profile_default").mkdir(parents=True)
     # plain tracebacks: the messages end up in a CSV
     (ipython / "profile_default" / "ipython_kernel_config.py").write_text("c.InteractiveShell.colors = 'nocolor'\n")
-    env.update(HOME=str(workdir), IPYTHONDIR=str(ipython), MPLCONFIGDIR=str(workdir / ".mpl"),
-               XDG_CACHE_HOME=str(workdir / ".cache"), PYTHONPATH=str(course), PYTHONNOUSERSITE="1",
-               PYTHONDONTWRITEBYTECODE="1", GPTCOURSE_SIZE=size, MPLBACKEND="agg")
+    env.update(
+        HOME=str(workdir),
+        IPYTHONDIR=str(ipython),
+        MPLCONFIGDIR=str(workdir / ".mpl"),
+        XDG_CACHE_HOME=str(workdir / ".cache"),
+        PYTHONPATH=str(course),
+        PYTHONNOUSERSITE="1",
+        PYTHONDONTWRITEBYTECODE="1",
+        GPTCOURSE_SIZE=size,
+        MPLBACKEND="agg",
+    )
     return env
 
 
 def _outcomes(cell: nbformat.NotebookNode, exercise: str, seed: int) -> Any:
     """The outcomes a collecting cell displayed, or None unless there is exactly one well-formed result."""
-    found = [o.get("data", {}).get(MIME) for o in cell.outputs
-             if o.get("output_type") == "display_data" and MIME in o.get("data", {})]
+    found = [
+        o.get("data", {}).get(MIME)
+        for o in cell.outputs
+        if o.get("output_type") == "display_data" and MIME in o.get("data", {})
+    ]
     if len(found) != 1 or not isinstance(found[0], dict):
         return None
     reply = found[0]
@@ -300,9 +332,16 @@ def _outcomes(cell: nbformat.NotebookNode, exercise: str, seed: int) -> Any:
     return reply.get("outcomes")
 
 
-def run_notebook(path: Path, student: nbformat.NotebookNode, solution: Solution, box: sandbox.Sandbox,
-                 timeout: float = DEFAULT_TIMEOUT, size: str = "smoke", keep: Path | None = None,
-                 package: dict[str, bytes] | None = None) -> tuple[list[Result], list[str]]:
+def run_notebook(
+    path: Path,
+    student: nbformat.NotebookNode,
+    solution: Solution,
+    box: sandbox.Sandbox,
+    timeout: float = DEFAULT_TIMEOUT,
+    size: str = "smoke",
+    keep: Path | None = None,
+    package: dict[str, bytes] | None = None,
+) -> tuple[list[Result], list[str]]:
     """Grade one student notebook against ``solution``: ``(results, notes)``."""
     name = str(path)
     package = read_package() if package is None else package
@@ -336,10 +375,16 @@ def run_notebook(path: Path, student: nbformat.NotebookNode, solution: Solution,
             if execute_reply.get("content", {}).get("ename") == _TIMED_OUT:
                 timed_out.add(cell_index)
 
-        client = _BoundedClient(nb, km=km, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
-                                error_on_timeout={"ename": _TIMED_OUT, "evalue": f"ran past {timeout:g} s",
-                                                  "traceback": []},
-                                on_cell_executed=on_executed, skip_cells_with_tag=f"skip-{secrets.token_hex(8)}")
+        client = _BoundedClient(
+            nb,
+            km=km,
+            timeout=timeout,
+            allow_errors=True,
+            interrupt_on_timeout=True,
+            error_on_timeout={"ename": _TIMED_OUT, "evalue": f"ran past {timeout:g} s", "traceback": []},
+            on_cell_executed=on_executed,
+            skip_cells_with_tag=f"skip-{secrets.token_hex(8)}",
+        )
         with open(root / "kernel.log", "wb") as log:  # the kernel's own stdout/stderr never reach the console
             process = None
             try:
@@ -360,8 +405,9 @@ def run_notebook(path: Path, student: nbformat.NotebookNode, solution: Solution,
                             notes.append(f"{name}: {label} ran past {timeout:g} s and was interrupted")
                             reached[index] = "timeout"
                             if not _responds(client, timed_out):
-                                notes.append(f"{name}: the kernel did not stop after the interrupt; "
-                                             "later cells not run")
+                                notes.append(
+                                    f"{name}: the kernel did not stop after the interrupt; later cells not run"
+                                )
                                 _mark_rest(reached, graded, index, "not run")
                                 break
             except RuntimeError as err:  # the kernel did not start (or died while starting)
@@ -378,8 +424,11 @@ def run_notebook(path: Path, student: nbformat.NotebookNode, solution: Solution,
         spec = ex.spec
         if index in reached:
             status = reached[index]
-            message = {"timeout": f"the cell ran past {timeout:g} s", "kernel died": "the kernel died in this cell",
-                       "not run": "the kernel stopped before this cell"}[status]
+            message = {
+                "timeout": f"the cell ran past {timeout:g} s",
+                "kernel died": "the kernel died in this cell",
+                "not run": "the kernel stopped before this cell",
+            }[status]
         else:
             outcomes = _outcomes(nb.cells[index], spec.id, seeds[spec.id])
             if outcomes is None:
@@ -391,8 +440,9 @@ def run_notebook(path: Path, student: nbformat.NotebookNode, solution: Solution,
                 status = verdict.status
                 message = verdict.message + (f" Hint: {verdict.hint}" if verdict.hint and status == "failed" else "")
         points = spec.points if status == "passed" else 0.0
-        results.append(Result(name, spec.id, points, spec.points, status, message,
-                              "; ".join(flags.get(spec.id, []) + everywhere)))
+        results.append(
+            Result(name, spec.id, points, spec.points, status, message, "; ".join(flags.get(spec.id, []) + everywhere))
+        )
     return results, notes
 
 
@@ -434,9 +484,16 @@ def _not_run(name: str, solution: Solution | None, message: str) -> list[Result]
     return [Result(name, e.spec.id, 0.0, e.spec.points, "not run", message) for e in solution.exercises]
 
 
-def grade(notebooks: Sequence[Path], solutions_dir: Path = labs.ROOT / "solutions", timeout: float = DEFAULT_TIMEOUT,
-          size: str = "smoke", keep: Path | None = None, startup: Sequence[Path] | None = None,
-          box: sandbox.Sandbox | None = None, log: Callable[[str], None] = print) -> list[Result]:
+def grade(
+    notebooks: Sequence[Path],
+    solutions_dir: Path = labs.ROOT / "solutions",
+    timeout: float = DEFAULT_TIMEOUT,
+    size: str = "smoke",
+    keep: Path | None = None,
+    startup: Sequence[Path] | None = None,
+    box: sandbox.Sandbox | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Result]:
     """Grade ``notebooks``; every row of the score table, in order.
 
     ``startup``: glob patterns of files that run in every later kernel (default: start-up files of
@@ -461,8 +518,9 @@ def grade(notebooks: Sequence[Path], solutions_dir: Path = labs.ROOT / "solution
             log(f"note: {path}: not graded: {err}")
             rows += _not_run(str(path), err.solution, str(err))
             continue
-        results, notes = run_notebook(path, student, solution, box, timeout=timeout, size=size, keep=keep,
-                                      package=package)
+        results, notes = run_notebook(
+            path, student, solution, box, timeout=timeout, size=size, keep=keep, package=package
+        )
         after = startup_files(startup)
         changed = sorted(str(p) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
         if changed:
@@ -473,9 +531,12 @@ def grade(notebooks: Sequence[Path], solutions_dir: Path = labs.ROOT / "solution
             log(f"note: {note}")
         rows += results
         if changed:
-            left = [str(p) for p in notebooks[number + 1:]]
-            raise TamperError(f"{path} wrote files that every later kernel would run ({', '.join(changed)}); "
-                              f"remove them and grade again: {', '.join(left) or 'nothing'} left", rows)
+            left = [str(p) for p in notebooks[number + 1 :]]
+            raise TamperError(
+                f"{path} wrote files that every later kernel would run ({', '.join(changed)}); "
+                f"remove them and grade again: {', '.join(left) or 'nothing'} left",
+                rows,
+            )
     return rows
 
 
@@ -500,8 +561,17 @@ def clean(text: str, width: int | None = None) -> str:
 def table(rows: Sequence[Result]) -> str:
     """The score table as text: one line per exercise, a total per notebook."""
     head = ("notebook", "exercise", "points", "status", "message", "flags")
-    lines = [(clean(r.notebook), clean(r.exercise), f"{r.points:g}/{r.max_points:g}", r.status, clean(r.message, 70),
-              clean(r.flags, 40)) for r in rows]
+    lines = [
+        (
+            clean(r.notebook),
+            clean(r.exercise),
+            f"{r.points:g}/{r.max_points:g}",
+            r.status,
+            clean(r.message, 70),
+            clean(r.flags, 40),
+        )
+        for r in rows
+    ]
     totals: dict[str, list[float]] = {}
     for r in rows:
         total = totals.setdefault(clean(r.notebook), [0.0, 0.0])
@@ -526,8 +596,9 @@ def write_csv(rows: Sequence[Result], path: Path) -> None:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: (f"{v:g}" if isinstance(v, float) else clean(str(v))) for k, v in
-                                 dataclasses.asdict(r).items()})
+                writer.writerow(
+                    {k: (f"{v:g}" if isinstance(v, float) else clean(str(v))) for k, v in dataclasses.asdict(r).items()}
+                )
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -538,13 +609,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gptcourse.grade", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", type=Path, help="students' lab notebooks")
     parser.add_argument("--csv", type=Path, help="also write the score table here (one row per notebook and exercise)")
-    parser.add_argument("--solutions", type=Path, default=labs.ROOT / "solutions",
-                        help="where the solution notebooks are")
+    parser.add_argument(
+        "--solutions", type=Path, default=labs.ROOT / "solutions", help="where the solution notebooks are"
+    )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per cell (default %(default)s)")
     parser.add_argument("--size", default="smoke", choices=["smoke", "cpu", "gpu"], help="GPTCOURSE_SIZE for the labs")
     parser.add_argument("--keep", type=Path, help="save the executed notebooks here, for review")
-    parser.add_argument("--require-isolation", action="store_true",
-                        help="refuse to grade unless kernels can be isolated (root, bubblewrap, util-linux)")
+    parser.add_argument(
+        "--require-isolation",
+        action="store_true",
+        help="refuse to grade unless kernels can be isolated (root, bubblewrap, util-linux)",
+    )
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.notebooks if not p.is_file()]
     if missing:
@@ -555,8 +630,15 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         parser.error(str(err))
     try:
-        rows = grade(args.notebooks, args.solutions, timeout=args.timeout, size=args.size, keep=args.keep, box=box,
-                     log=lambda line: print(clean(line), file=sys.stderr))
+        rows = grade(
+            args.notebooks,
+            args.solutions,
+            timeout=args.timeout,
+            size=args.size,
+            keep=args.keep,
+            box=box,
+            log=lambda line: print(clean(line), file=sys.stderr),
+        )
     except TamperError as err:
         print(f"error: {clean(str(err))}", file=sys.stderr)
         rows, status = err.rows, 2

@@ -31,6 +31,7 @@ COMMIT_ENV = "GPTCOURSE_COMMIT"
 
 T = TypeVar("T")
 
+
 def get_device() -> str:
     """The best available device: ``"cuda"``, then ``"mps"``, then ``"cpu"``."""
     if torch.cuda.is_available():
@@ -69,7 +70,8 @@ def describe() -> str:
     threads = torch.get_num_threads()
     commit = os.environ.get(COMMIT_ENV, "").strip()
     course = f"gptcourse {__version__}" + (f" @ {commit}" if commit else "")
-    return f"device: {name} | size: {get_size()} | torch {torch.__version__} | {threads} CPU threads | {course}"
+    cpu = f"{threads} CPU thread" + ("" if threads == 1 else "s")
+    return f"device: {name} | size: {get_size()} | torch {torch.__version__} | {cpu} | {course}"
 
 
 def setup(seed: int = 1337) -> tuple[str, str]:

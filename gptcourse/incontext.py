@@ -55,8 +55,14 @@ TASKS: dict[str, Callable[[str], str]] = {
 
 # The task descriptions: a 4-letter name in capitals (never confused with the lower-case words),
 # all of one length (DESCRIPTION_LEN with the colon) so that described prompts line up in one batch.
-DESCRIPTIONS: dict[str, str] = {"copy": "COPY", "reverse": "REVR", "sort": "SORT", "shift": "SHFT",
-                                "rotate": "ROTL", "swap pairs": "SWAP"}
+DESCRIPTIONS: dict[str, str] = {
+    "copy": "COPY",
+    "reverse": "REVR",
+    "sort": "SORT",
+    "shift": "SHFT",
+    "rotate": "ROTL",
+    "swap pairs": "SWAP",
+}
 
 
 def tokenizer() -> CharTokenizer:
@@ -99,8 +105,14 @@ def demo_length() -> int:
     return 2 * WORD_LEN + 2
 
 
-def training_batch(words: Sequence[str], batch_size: int, n_demos: int, rng: random.Random,
-                   tasks: Sequence[str] | None = None, described: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def training_batch(
+    words: Sequence[str],
+    batch_size: int,
+    n_demos: int,
+    rng: random.Random,
+    tasks: Sequence[str] | None = None,
+    described: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` ``(B, T)`` language-modelling pairs, each row demonstrations of one random task.
 
     With probability ``described`` a row opens with the task's :func:`description` and then has
@@ -127,9 +139,11 @@ def training_batch(words: Sequence[str], batch_size: int, n_demos: int, rng: ran
 def recipe(size: str) -> tuple[GPTConfig, dict]:
     """``(GPTConfig, pretrain kwargs)`` of the letter-task model at ``size`` (smoke/cpu/gpu): the
     model Chapter 15 trains and ``experiments/ch15_shots.py`` trains once per seed."""
-    sizes = {"smoke": (dict(n_layer=1, n_embd=32), dict(steps=20)),
-             "cpu": (dict(n_layer=2, n_embd=96), dict(steps=1500)),
-             "gpu": (dict(n_layer=4, n_embd=128), dict(steps=5000))}
+    sizes = {
+        "smoke": (dict(n_layer=1, n_embd=32), dict(steps=20)),
+        "cpu": (dict(n_layer=2, n_embd=96), dict(steps=1500)),
+        "gpu": (dict(n_layer=4, n_embd=128), dict(steps=5000)),
+    }
     if size not in sizes:
         raise ValueError(f"unknown size {size!r}; sizes: {', '.join(sizes)}")
     model_kwargs, train_kwargs = sizes[size]
@@ -137,9 +151,19 @@ def recipe(size: str) -> tuple[GPTConfig, dict]:
     return config, dict(batch_size=32, lr=2e-3, described=0.5, **train_kwargs)
 
 
-def pretrain(model: torch.nn.Module, words: Sequence[str], steps: int, batch_size: int = 32,
-             n_demos: int = 9, lr: float = 2e-3, warmup_steps: int = 50, device: str = "cpu", seed: int = 0,
-             progress: bool = True, described: float = 0.5) -> list[float]:
+def pretrain(
+    model: torch.nn.Module,
+    words: Sequence[str],
+    steps: int,
+    batch_size: int = 32,
+    n_demos: int = 9,
+    lr: float = 2e-3,
+    warmup_steps: int = 50,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    described: float = 0.5,
+) -> list[float]:
     """Train ``model`` on :func:`training_batch` sequences (a fraction ``described`` of them opening
     with the task's name) with AdamW and the course's warmup + cosine schedule
     (:func:`gptcourse.train.lr_at`). Returns the loss per step."""
@@ -165,8 +189,14 @@ def pretrain(model: torch.nn.Module, words: Sequence[str], steps: int, batch_siz
     return losses
 
 
-def loss_by_demonstration(model: torch.nn.Module, words: Sequence[str], n_demos: int = 9, batch_size: int = 256,
-                          seed: int = 0, device: str = "cpu") -> list[float]:
+def loss_by_demonstration(
+    model: torch.nn.Module,
+    words: Sequence[str],
+    n_demos: int = 9,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[float]:
     """Mean cross-entropy of the *output* characters of demonstration ``j`` (``j = 0 .. n_demos-1``)
     on fresh undescribed sequences of ``words``: how much the ``j`` demonstrations before it help."""
     x, y = training_batch(words, batch_size, n_demos, random.Random(seed), described=0.0)
@@ -185,8 +215,16 @@ def prompt(task: str, demos: Sequence[str], query: str, described: bool = False)
     return head + "".join(demonstration(task, w) for w in demos) + query + ARROW
 
 
-def few_shot_accuracy(model: torch.nn.Module, task: str, k: int, words: Sequence[str], n: int = 200,
-                      seed: int = 0, device: str = "cpu", described: bool = False) -> float:
+def few_shot_accuracy(
+    model: torch.nn.Module,
+    task: str,
+    k: int,
+    words: Sequence[str],
+    n: int = 200,
+    seed: int = 0,
+    device: str = "cpu",
+    described: bool = False,
+) -> float:
     """Exact-match accuracy of greedy outputs on ``n`` queries drawn from ``words``, each with ``k``
     demonstrations drawn from ``words`` too (never the query itself), the prompt opened by the
     task's description when ``described`` (``k = 0`` and ``described``: zero-shot as GPT-3 defines it)."""
@@ -208,15 +246,24 @@ def few_shot_accuracy(model: torch.nn.Module, task: str, k: int, words: Sequence
     return sum(o == TASKS[task](q) for o, q in zip(outputs, queries)) / n
 
 
-def accuracy_table(model: torch.nn.Module, words: Sequence[str], shots: Sequence[int] = (0, 1, 2, 4, 8),
-                   n: int = 200, device: str = "cpu", progress: bool = True, described: bool = False,
-                   seed: int = 0) -> dict[str, list[float]]:
+def accuracy_table(
+    model: torch.nn.Module,
+    words: Sequence[str],
+    shots: Sequence[int] = (0, 1, 2, 4, 8),
+    n: int = 200,
+    device: str = "cpu",
+    progress: bool = True,
+    described: bool = False,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """``{task: [accuracy with k shots for k in shots]}`` on the held-out ``words``; the queries and
     demonstrations of column ``k`` are drawn with seed ``1000 * seed + k``."""
     table = {}
     for task in tqdm(TASKS, disable=not progress, desc="evaluating"):
-        table[task] = [few_shot_accuracy(model, task, k, words, n, seed=1000 * seed + k, device=device,
-                                         described=described) for k in shots]
+        table[task] = [
+            few_shot_accuracy(model, task, k, words, n, seed=1000 * seed + k, device=device, described=described)
+            for k in shots
+        ]
     return table
 
 
@@ -231,8 +278,9 @@ def task_blind_accuracy(words: Sequence[str], tasks: Sequence[str] | None = None
 # --------------------------------------------------------------------------- induction heads
 
 
-def repeated_batch(batch_size: int, block_size: int, vocab_size: int, generator: torch.Generator,
-                   periods: tuple[int, int] = (8, 32)) -> tuple[torch.Tensor, torch.Tensor]:
+def repeated_batch(
+    batch_size: int, block_size: int, vocab_size: int, generator: torch.Generator, periods: tuple[int, int] = (8, 32)
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` ``(B, block_size)`` pairs of random tokens that repeat: each row draws a period
     ``P`` uniformly in ``periods`` (both ends included) and ``P`` uniform tokens, then repeats them.
     The first ``P`` tokens cannot be predicted; every later one is the token that followed the
@@ -265,8 +313,9 @@ def induction_score(attn: torch.Tensor, period: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- prompts for real GPT-2
 
 
-def format_prompt(description: str, examples: Sequence[tuple[str, str]], query: str,
-                  separator: str = " =>", joiner: str = "\n") -> str:
+def format_prompt(
+    description: str, examples: Sequence[tuple[str, str]], query: str, separator: str = " =>", joiner: str = "\n"
+) -> str:
     """A prompt in the style of GPT-3's Figure 2.1: a task description, ``k`` examples, the query.
 
     ``format_prompt("Translate English to French:", [("sea otter", "loutre de mer")], "cheese")``
@@ -280,8 +329,9 @@ def format_prompt(description: str, examples: Sequence[tuple[str, str]], query: 
 
 
 @torch.no_grad()
-def complete(model: torch.nn.Module, encoding, text: str, max_new_tokens: int = 10,
-             stop: str | None = "\n", device: str = "cpu") -> str:
+def complete(
+    model: torch.nn.Module, encoding, text: str, max_new_tokens: int = 10, stop: str | None = "\n", device: str = "cpu"
+) -> str:
     """Greedy continuation of ``text`` by ``model`` (a course GPT) under ``encoding`` (tiktoken),
     cut at the first ``stop`` string. The prompt is cropped to the model's context from the left."""
     from gptcourse.generate import generate
@@ -297,12 +347,19 @@ def complete(model: torch.nn.Module, encoding, text: str, max_new_tokens: int = 
 
 # Prompts of the papers' kind, as (description, examples, query, separator): translation as in
 # GPT-3's Figure 2.1, question answering in the "Q: ... A:" form GPT-2 used for Natural Questions.
-TRANSLATION = ("Translate English to French:",
-               [("sea otter", "loutre de mer"), ("peppermint", "menthe poivrée"),
-                ("plush girafe", "girafe peluche")],
-               "cheese", " =>")
-QUESTIONS = ("",
-             [("Q: What is the capital of France?", "Paris"),
-              ("Q: How many legs does a spider have?", "eight"),
-              ("Q: Who wrote Romeo and Juliet?", "William Shakespeare")],
-             "Q: What is the largest planet in the solar system?", "\nA:")
+TRANSLATION = (
+    "Translate English to French:",
+    [("sea otter", "loutre de mer"), ("peppermint", "menthe poivrée"), ("plush girafe", "girafe peluche")],
+    "cheese",
+    " =>",
+)
+QUESTIONS = (
+    "",
+    [
+        ("Q: What is the capital of France?", "Paris"),
+        ("Q: How many legs does a spider have?", "eight"),
+        ("Q: Who wrote Romeo and Juliet?", "William Shakespeare"),
+    ],
+    "Q: What is the largest planet in the solar system?",
+    "\nA:",
+)

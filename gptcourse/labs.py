@@ -76,8 +76,7 @@ def header_cells(relpath: str, root: Path = ROOT) -> list[nbformat.NotebookNode]
         metadata={"tags": [INSTALL_TAG, BOOK_REMOVE_TAG]},
     )
     setup = nbformat.v4.new_code_cell(
-        "from gptcourse.hardware import setup\n"
-        "device, size = setup()",
+        "from gptcourse.hardware import setup\ndevice, size = setup()",
         metadata={"tags": [SETUP_TAG]},
     )
     badge.id, install.id, setup.id = BADGE_TAG, INSTALL_TAG, SETUP_TAG
@@ -95,8 +94,10 @@ def with_header(nb: nbformat.NotebookNode, relpath: str, root: Path = ROOT) -> n
     nb = copy.deepcopy(nb)
     fresh = header_cells(relpath, root)
     old = {t: c for c in nb.cells for t in _tags(c) if t in HEADER_TAGS}
-    badge, install, setup = (old[tag] if tag in old and (old[tag].source, _tags(old[tag])) == (cell.source, _tags(cell))
-                             else cell for tag, cell in zip(HEADER_TAGS, fresh))
+    badge, install, setup = (
+        old[tag] if tag in old and (old[tag].source, _tags(old[tag])) == (cell.source, _tags(cell)) else cell
+        for tag, cell in zip(HEADER_TAGS, fresh)
+    )
     body = [c for c in nb.cells if not set(HEADER_TAGS) & set(_tags(c))]
     title = [body.pop(0)] if body and body[0].cell_type == "markdown" else []
     nb.cells = [badge] + title + [install, setup] + body
@@ -180,10 +181,16 @@ def build(root: Path = ROOT) -> list[Path]:
 def check(root: Path = ROOT) -> list[str]:
     """Problems: files that differ from what ``build`` would write, or labs with no solution."""
     expected = expected_files(root)
-    problems = [f"{p.relative_to(root)} is out of date" for p, text in expected.items()
-                if not p.exists() or p.read_text(encoding="utf-8") != text]
-    problems += [f"{p.relative_to(root)} has no solution in solutions/"
-                 for p in sorted((root / "labs").glob("*.ipynb")) if p not in expected]
+    problems = [
+        f"{p.relative_to(root)} is out of date"
+        for p, text in expected.items()
+        if not p.exists() or p.read_text(encoding="utf-8") != text
+    ]
+    problems += [
+        f"{p.relative_to(root)} has no solution in solutions/"
+        for p in sorted((root / "labs").glob("*.ipynb"))
+        if p not in expected
+    ]
     for path in sorted((root / "solutions").glob("lab*.ipynb")):
         if not graded_cells(nbformat.read(path, as_version=4)):
             problems.append(f"{path.relative_to(root)} has no graded cell (tag {GRADE_TAG!r})")

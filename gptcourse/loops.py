@@ -35,8 +35,12 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
-                   scaler: torch.amp.GradScaler | None = None) -> None:
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float = 0.0,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
     """Update ``model`` from the gradients that ``backward`` left on its parameters.
 
     With a ``scaler`` (fp16 training) the gradients are first unscaled, so that clipping sees the
@@ -82,9 +86,9 @@ def heldout_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, bat
     scored_to = 0  # targets ids[1 : scored_to + 1] have been scored
     with evaluating(model):
         for i in range(0, len(starts), batch_size):
-            chunk = starts[i:i + batch_size]
-            x = torch.stack([ids[s:s + T] for s in chunk]).to(device)
-            y = torch.stack([ids[s + 1:s + T + 1] for s in chunk]).to(device)
+            chunk = starts[i : i + batch_size]
+            x = torch.stack([ids[s : s + T] for s in chunk]).to(device)
+            y = torch.stack([ids[s + 1 : s + T + 1] for s in chunk]).to(device)
             logits, _ = model(x, y)
             nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
             nll = nll.view(len(chunk), T)

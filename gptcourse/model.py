@@ -74,16 +74,23 @@ class GPTConfig:
             if not isinstance(self.n_expert, int) or self.n_expert < 2:
                 raise ValueError(f"GPTConfig.n_expert must be an integer >= 2, got {self.n_expert!r}")
             if not isinstance(self.expert_top_k, int) or not 1 <= self.expert_top_k <= self.n_expert:
-                raise ValueError(f"GPTConfig.expert_top_k must be in [1, n_expert={self.n_expert}], "
-                                 f"got {self.expert_top_k!r}")
-            if self.capacity_factor is not None and not (isinstance(self.capacity_factor, (int, float))
-                                                         and self.capacity_factor > 0):
+                raise ValueError(
+                    f"GPTConfig.expert_top_k must be in [1, n_expert={self.n_expert}], got {self.expert_top_k!r}"
+                )
+            if self.capacity_factor is not None and not (
+                isinstance(self.capacity_factor, (int, float)) and self.capacity_factor > 0
+            ):
                 raise ValueError(f"GPTConfig.capacity_factor must be None or > 0, got {self.capacity_factor!r}")
             if not isinstance(self.moe_aux_weight, (int, float)) or self.moe_aux_weight < 0:
                 raise ValueError(f"GPTConfig.moe_aux_weight must be >= 0, got {self.moe_aux_weight!r}")
-            if self.expert_hidden is not None and (not isinstance(self.expert_hidden, int)
-                                                   or isinstance(self.expert_hidden, bool) or self.expert_hidden < 1):
-                raise ValueError(f"GPTConfig.expert_hidden must be None or a positive integer, got {self.expert_hidden!r}")
+            if self.expert_hidden is not None and (
+                not isinstance(self.expert_hidden, int)
+                or isinstance(self.expert_hidden, bool)
+                or self.expert_hidden < 1
+            ):
+                raise ValueError(
+                    f"GPTConfig.expert_hidden must be None or a positive integer, got {self.expert_hidden!r}"
+                )
         if self.attention != "dense":
             for name in ("attn_window", "attn_stride"):
                 value = getattr(self, name)
@@ -118,8 +125,10 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         if config.norm != self.norm:
-            raise ValueError(f"{type(self).__name__} is the norm={self.norm!r} block, but GPTConfig.norm is "
-                             f"{config.norm!r}; build blocks with make_block(config)")
+            raise ValueError(
+                f"{type(self).__name__} is the norm={self.norm!r} block, but GPTConfig.norm is "
+                f"{config.norm!r}; build blocks with make_block(config)"
+            )
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, config.dropout, config.bias)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -130,8 +139,9 @@ class Block(nn.Module):
         out = self.mlp(x)
         return out if isinstance(self.mlp, MoE) else (out, None)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(B, T, C) -> ((B, T, C), auxiliary loss or None)``; ``cache`` and ``mask`` go to attention."""
         x = x + self.attn(self.ln_1(x), cache, mask)
         y, aux = self.ffn(self.ln_2(x))
@@ -144,8 +154,9 @@ class PostNormBlock(Block):
 
     norm = "post"
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.ln_1(x + self.attn(x, cache, mask))
         y, aux = self.ffn(x)
         return self.ln_2(x + y), aux
@@ -174,13 +185,15 @@ class GPT(nn.Module):
         self.aux_loss: torch.Tensor | None = None  # the MoE load-balancing loss of the last forward
         # the order of registration is the order of the random init below: keep it, or every seeded
         # result of the course (chapters, tests) changes
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([make_block(config) for _ in range(config.n_layer)]),
-            wpe=positions(config),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.final_norm else nn.Identity(),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([make_block(config) for _ in range(config.n_layer)]),
+                wpe=positions(config),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.final_norm else nn.Identity(),
+            )
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output layer reads the token embedding matrix (We^T)
         self.lm_head.weight = self.transformer.wte.weight
@@ -210,8 +223,10 @@ class GPT(nn.Module):
         pattern and shared by the layers that use it."""
         c = self.config
         patterns = [c.layer_attention(layer) for layer in range(c.n_layer)]
-        masks = {p: sparse_mask(p, T, S, window=c.attn_window, stride=c.attn_stride, device=device)
-                 for p in set(patterns) - {"dense"}}
+        masks = {
+            p: sparse_mask(p, T, S, window=c.attn_window, stride=c.attn_stride, device=device)
+            for p in set(patterns) - {"dense"}
+        }
         return [masks.get(p) for p in patterns]
 
     @classmethod
@@ -234,9 +249,17 @@ class GPT(nn.Module):
         for name, (value, allowed) in unsupported.items():
             if value not in allowed:
                 raise ValueError(f"GPT.from_hf supports HF GPT-2 configs with {name} in {allowed}, got {value!r}")
-        config = GPTConfig(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
-                           n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
-                           dropout=0.0, bias=True, norm="pre", final_norm=True)
+        config = GPTConfig(
+            vocab_size=hf_config.vocab_size,
+            block_size=hf_config.n_positions,
+            n_layer=hf_config.n_layer,
+            n_head=hf_config.n_head,
+            n_embd=hf_config.n_embd,
+            dropout=0.0,
+            bias=True,
+            norm="pre",
+            final_norm=True,
+        )
         model = cls(config)
         hf_state = hf_model.state_dict()
         transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -266,12 +289,18 @@ class GPT(nn.Module):
         try:
             hf_model = GPT2LMHeadModel.from_pretrained(name)
         except OSError as err:
-            raise OSError(f"could not download {name!r} from the Hugging Face Hub (is there internet access?): "
-                          f"{err}") from err
+            raise OSError(
+                f"could not download {name!r} from the Hugging Face Hub (is there internet access?): {err}"
+            ) from err
         return cls.from_hf(hf_model)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` is ``(B, T)`` token ids; returns ``(logits (B, T, vocab_size), loss or None)``.
 
         ``targets`` ``(B, T)`` gives the mean cross-entropy (``-1`` marks positions to ignore).
@@ -309,13 +338,16 @@ class GPT(nn.Module):
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         start, T = (0 if cache is None else len(cache)), idx.size(1)
         if start + T > self.config.block_size:
-            raise ValueError(f"sequence of length {start + T} is longer than block_size="
-                             f"{self.config.block_size}; crop the context to its last "
-                             f"{self.config.block_size} tokens")
+            raise ValueError(
+                f"sequence of length {start + T} is longer than block_size="
+                f"{self.config.block_size}; crop the context to its last "
+                f"{self.config.block_size} tokens"
+            )
         return start, T
 
 
 # --- parameter counting and the published configurations ---------------------------------------
+
 
 def count_params(config: GPTConfig) -> int:
     """The parameter count of ``GPT(config)`` from the formula, without building the model.
@@ -341,8 +373,16 @@ def count_params(config: GPTConfig) -> int:
 # Published configurations. GPT-1 (Radford et al. 2018): post-LN, no final LayerNorm, plain init,
 # 512 positions, a 40,478-token BPE vocabulary. GPT-2 (2019) changed exactly the switches below.
 # GPT-3 175B (2020) is GPT-2 scaled up (its alternating sparse layers do not change the count).
-_GPT1 = dict(vocab_size=40478, block_size=512, n_layer=12, n_head=12, n_embd=768,
-             norm="post", final_norm=False, scale_residual_init=False)
+_GPT1 = dict(
+    vocab_size=40478,
+    block_size=512,
+    n_layer=12,
+    n_head=12,
+    n_embd=768,
+    norm="post",
+    final_norm=False,
+    scale_residual_init=False,
+)
 _GPT2 = dict(vocab_size=50257, block_size=1024, norm="pre", final_norm=True, scale_residual_init=True)
 PRESETS: dict[str, dict] = {
     "gpt1": _GPT1,
@@ -354,7 +394,11 @@ PRESETS: dict[str, dict] = {
 }
 # the sizes the papers and model cards quote, for comparison with count_params
 PUBLISHED_PARAMS: dict[str, str] = {
-    "gpt1": "117M", "gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1.5B",
+    "gpt1": "117M",
+    "gpt2": "124M",
+    "gpt2-medium": "355M",
+    "gpt2-large": "774M",
+    "gpt2-xl": "1.5B",
     "gpt3": "175B",
 }
 

@@ -55,8 +55,9 @@ class Router(nn.Module):
         return self.w_g(x)
 
 
-def top_k_gates(logits: torch.Tensor, k: int, renormalize: bool | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_k_gates(
+    logits: torch.Tensor, k: int, renormalize: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Route each token to its ``k`` highest-scoring experts.
 
     ``logits`` is ``(N, E)``. Returns ``gates (N, k)``, ``experts (N, k)`` (indices, best first)
@@ -161,8 +162,9 @@ class MoE(nn.Module):
         self.dropped = dropped.detach()
         return out.view(B, T, C), load_balancing_loss(probs, experts, self.alpha)
 
-    def dispatch_sorted(self, flat: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def dispatch_sorted(
+        self, flat: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """No capacity: ``flat (N, C)`` -> ``(output (N, C), 0 dropped)``. The ``N * k`` assignments
         sorted by expert make each expert's tokens one slice of a single gathered batch."""
         k = experts.size(1)
@@ -174,8 +176,9 @@ class MoE(nn.Module):
         y = y * gates.reshape(-1)[order, None]
         return torch.zeros_like(flat).index_add_(0, token, y), torch.zeros((), dtype=torch.long, device=flat.device)
 
-    def dispatch_padded(self, flat: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def dispatch_padded(
+        self, flat: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """With a capacity: ``flat (N, C)`` -> ``(output (N, C), assignments dropped)``. Every kept
         assignment gets a row of an ``(E, capacity + 1, C)`` grid (its expert, its place in the
         queue); the extra row of each expert collects the dropped ones and its output is never used."""
@@ -194,8 +197,10 @@ def batched_experts(experts: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
     """Run expert ``e`` on ``x[e]`` for every ``e`` at once: ``(E, R, C) -> (E, R, C)``. The
     experts' parameters are stacked and their own ``forward`` is vectorised over the first
     dimension (``torch.vmap``), so the ``E`` matrix products become batched ones."""
-    params = {name: torch.stack([expert.get_parameter(name) for expert in experts])
-              for name, _ in experts[0].named_parameters()}
+    params = {
+        name: torch.stack([expert.get_parameter(name) for expert in experts])
+        for name, _ in experts[0].named_parameters()
+    }
 
     def run(p: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         return functional_call(experts[0], p, (rows,))

@@ -49,8 +49,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     nothing mathematically but keeps ``exp`` from overflowing when logits are large.
     """
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits (N, V) and targets (N,), got {tuple(logits.shape)} "
-                         f"and {tuple(targets.shape)}")
+        raise ValueError(
+            f"expected logits (N, V) and targets (N,), got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     z = logits - logits.max(dim=1, keepdim=True).values
     log_probs = z - z.exp().sum(dim=1, keepdim=True).log()
     return -log_probs.gather(1, targets.long().unsqueeze(1)).mean()
@@ -66,8 +67,9 @@ class BigramLM(nn.Module):
         self.context = 1
         self.table = nn.Parameter(torch.zeros(vocab_size, vocab_size))  # zeros: uniform predictions
 
-    def forward(self, idx: torch.Tensor,
-                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` ``(B, context)`` -> logits ``(B, V)`` (only the last column is read) and the loss."""
         logits = self.table[idx[:, -1]]  # = one_hot(idx[:, -1]) @ table, without building the one-hot
         loss = None if targets is None else F.cross_entropy(logits, targets)
@@ -91,8 +93,9 @@ class MLPLM(nn.Module):
         nn.init.normal_(self.out.weight, std=0.01)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, idx: torch.Tensor,
-                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` ``(B, context)`` -> logits ``(B, V)`` and, given ``targets`` ``(B,)``, the loss."""
         if idx.dim() != 2 or idx.shape[1] != self.context:
             raise ValueError(f"idx must have shape (B, {self.context}), got {tuple(idx.shape)}")
@@ -115,14 +118,25 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
     """Mean cross-entropy (nats per token) over every pair of ``x`` ``(N, context)``, ``y`` ``(N,)``."""
     with evaluating(model):
-        total = sum(model(x[i:i + batch_size], y[i:i + batch_size])[1].item() * len(y[i:i + batch_size])
-                    for i in range(0, len(y), batch_size))
+        total = sum(
+            model(x[i : i + batch_size], y[i : i + batch_size])[1].item() * len(y[i : i + batch_size])
+            for i in range(0, len(y), batch_size)
+        )
     return total / len(y)
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int = 64,
-        lr: float = 1e-2, x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
-        eval_interval: int = 100, seed: int = 0) -> dict[str, list[float]]:
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+    x_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
+    eval_interval: int = 100,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """Train with AdamW on random minibatches of ``(x, y)`` for ``steps`` steps.
 
     Returns ``{"train": loss at every step, "val_steps": [...], "val": [...]}`` (the validation

@@ -88,8 +88,10 @@ def smoothed_probs(next_counts: Mapping[Token, int], vocab: Sequence[Token], k: 
     counts = torch.tensor([float(next_counts.get(w, 0)) for w in vocab], dtype=torch.float64)
     if counts.sum().item() != sum(next_counts.values()):
         missing = [w for w in next_counts if w not in set(vocab)]
-        raise ValueError(f"next_counts has tokens that are not in vocab (e.g. {missing[:3]!r}); "
-                         "build the vocabulary from every token the model will meet")
+        raise ValueError(
+            f"next_counts has tokens that are not in vocab (e.g. {missing[:3]!r}); "
+            "build the vocabulary from every token the model will meet"
+        )
     counts += k
     total = counts.sum()
     if total == 0:
@@ -113,7 +115,10 @@ def log_prob(tokens: Sequence[Token], n: int, prob: Callable[[Context, Token], f
             warnings.warn(
                 f"the model gives probability 0 to {gram[-1]!r} after {gram[:-1]!r}, an n-gram it never "
                 "saw in training (k = 0 adds nothing), so the log-probability is -inf and the perplexity "
-                "is infinite; smooth with k > 0", ZeroProbabilityWarning, stacklevel=2)
+                "is infinite; smooth with k > 0",
+                ZeroProbabilityWarning,
+                stacklevel=2,
+            )
             return -math.inf
         total += math.log(p)
     return total
@@ -128,8 +133,14 @@ def perplexity(tokens: Sequence[Token], n: int, prob: Callable[[Context, Token],
     return math.exp(-log_prob(tokens, n, prob) / (len(tokens) - n + 1))
 
 
-def sample(next_probs: Callable[[Context], torch.Tensor], vocab: Sequence[Token], prompt: Sequence[Token],
-           length: int, n: int, generator: torch.Generator | None = None) -> list[Token]:
+def sample(
+    next_probs: Callable[[Context], torch.Tensor],
+    vocab: Sequence[Token],
+    prompt: Sequence[Token],
+    length: int,
+    n: int,
+    generator: torch.Generator | None = None,
+) -> list[Token]:
     """Autoregressive sampling: ``prompt`` followed by ``length`` new tokens, drawn one at a time.
 
     Each new token is drawn from ``next_probs(context)`` (a ``(V,)`` tensor over ``vocab``), where
@@ -142,7 +153,7 @@ def sample(next_probs: Callable[[Context], torch.Tensor], vocab: Sequence[Token]
     if len(out) < n - 1:
         raise ValueError(f"an n={n} model needs a prompt of at least {n - 1} tokens, got {len(out)}")
     for _ in range(length):
-        context = tuple(out[len(out) - n + 1:]) if n > 1 else ()
+        context = tuple(out[len(out) - n + 1 :]) if n > 1 else ()
         index = torch.multinomial(next_probs(context), 1, generator=generator).item()
         out.append(vocab[index])
     return out
@@ -202,8 +213,10 @@ class NGramModel:
         """``P(token | context)``; the context is the last ``n - 1`` tokens (fewer is an error)."""
         self._check_fitted()
         if token not in self.index:
-            raise ValueError(f"token {token!r} is not in the model's vocabulary of {len(self.vocab)} tokens; "
-                             "pass fit(..., vocab=...) covering every token you will score")
+            raise ValueError(
+                f"token {token!r} is not in the model's vocabulary of {len(self.vocab)} tokens; "
+                "pass fit(..., vocab=...) covering every token you will score"
+            )
         context = self._context(context)
         total = self.totals.get(context, 0)
         if total == 0 and self.k == 0:
@@ -214,7 +227,7 @@ class NGramModel:
         context = tuple(_as_tokens(context))
         if len(context) < self.n - 1:
             raise ValueError(f"an n={self.n} model needs a context of {self.n - 1} tokens, got {len(context)}")
-        return context[len(context) - self.n + 1:] if self.n > 1 else ()
+        return context[len(context) - self.n + 1 :] if self.n > 1 else ()
 
     def log_prob(self, tokens: Sequence[Token]) -> float:
         """Natural-log probability of ``tokens[n-1:]`` given what precedes each token."""

@@ -41,6 +41,7 @@ def committed_size(nb: nbformat.NotebookNode) -> str | None:
 
 def commit_stamp(root: Path = ROOT) -> str:
     """The short commit of ``root``, with ``+dirty`` when the package has uncommitted changes."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -58,8 +59,13 @@ def execute(path: Path, timeout: int) -> float:
 
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
-                   record_timing=True).execute()
+    NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        record_timing=True,
+    ).execute()
     nbformat.write(nb, path)
     return time.perf_counter() - start
 

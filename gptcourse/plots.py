@@ -8,9 +8,15 @@ import matplotlib.pyplot as plt
 import torch
 
 
-def attention_heatmap(weights: torch.Tensor, labels: Sequence[str] | None = None,
-                      key_labels: Sequence[str] | None = None, ax: plt.Axes | None = None,
-                      title: str | None = None, annotate: bool = False, cmap: str = "Blues") -> plt.Axes:
+def attention_heatmap(
+    weights: torch.Tensor,
+    labels: Sequence[str] | None = None,
+    key_labels: Sequence[str] | None = None,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    annotate: bool = False,
+    cmap: str = "Blues",
+) -> plt.Axes:
     """Draw ``(T, S)`` attention weights (or a boolean mask): row = query, column = key.
 
     ``labels`` name the query rows (and the key columns unless ``key_labels`` is given), e.g. the
@@ -32,15 +38,29 @@ def attention_heatmap(weights: torch.Tensor, labels: Sequence[str] | None = None
     if annotate:
         for i in range(w.size(0)):
             for j in range(w.size(1)):
-                ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if w[i, j] > 0.6 * w.max() else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{w[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if w[i, j] > 0.6 * w.max() else "black",
+                )
     if title:
         ax.set_title(title)
     return ax
 
 
-def sampling_distribution(logits: torch.Tensor, labels: Sequence[str], temperature: float = 1.0,
-                          top_k: int | None = None, top_p: float | None = None, ax=None, title: str | None = None):
+def sampling_distribution(
+    logits: torch.Tensor,
+    labels: Sequence[str],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    ax=None,
+    title: str | None = None,
+):
     """Bars of the next-token distribution of 1-D ``logits`` before (grey) and after (colour)
     temperature / top-k / top-p, as :func:`gptcourse.generate.filter_logits` applies them;
     ``temperature=0`` shows greedy decoding (all the mass on the arg-max)."""
@@ -56,8 +76,11 @@ def sampling_distribution(logits: torch.Tensor, labels: Sequence[str], temperatu
     ax = ax if ax is not None else plt.gca()
     x = torch.arange(logits.numel())
     ax.bar(x - 0.2, before, width=0.4, color="0.75", label="softmax(logits)")
-    steps = [f"T={temperature}" if temperature != 1.0 else "", f"top-k {top_k}" if top_k else "",
-             f"top-p {top_p}" if top_p else ""]
+    steps = [
+        f"T={temperature}" if temperature != 1.0 else "",
+        f"top-k {top_k}" if top_k else "",
+        f"top-p {top_p}" if top_p else "",
+    ]
     applied = "greedy (T=0)" if temperature == 0 else ", ".join(step for step in steps if step)
     ax.bar(x + 0.2, after, width=0.4, color="C0", label=f"after {applied}" if applied else "sampled (unchanged)")
     ax.set_xticks(x.tolist(), [repr(s)[1:-1] for s in labels], rotation=90, fontsize=8)

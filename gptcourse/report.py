@@ -61,6 +61,7 @@ def difference(a: Sequence[float], b: Sequence[float]) -> Difference:
     """``mean(b) - mean(a)`` and its standard error ``sqrt(var(a)/n_a + var(b)/n_b)`` (sample
     variances: Welch's form, for two independent sets of seeds). Each set needs two values or more."""
     if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"difference needs at least 2 values on each side to estimate the spread, got {len(a)} "
-                         f"and {len(b)}")
+        raise ValueError(
+            f"difference needs at least 2 values on each side to estimate the spread, got {len(a)} and {len(b)}"
+        )
     return Difference(mean(b) - mean(a), math.sqrt(variance(a) / len(a) + variance(b) / len(b)))

@@ -72,12 +72,29 @@ MAX_RESPONSE = 24  # "double abcde" -> "abcde abcde" (11), two filler words (up 
 # Chapter 16's recipe at each size, shared with experiments/ch16_rlhf.py so that the chapter's run is
 # one seed of the sweep: model shape, data sizes, and the steps of SFT, the reward model, PPO and DPO.
 RECIPES = {
-    "smoke": dict(n_layer=1, n_embd=32, demo_words=30, rm_words=10, sft_steps=20, rm_steps=10, ppo_iterations=3,
-                  dpo_steps=5),
-    "cpu": dict(n_layer=2, n_embd=64, demo_words=200, rm_words=250, sft_steps=1500, rm_steps=200, ppo_iterations=150,
-                dpo_steps=200),
-    "gpu": dict(n_layer=4, n_embd=128, demo_words=1000, rm_words=300, sft_steps=3000, rm_steps=1000,
-                ppo_iterations=300, dpo_steps=1000),
+    "smoke": dict(
+        n_layer=1, n_embd=32, demo_words=30, rm_words=10, sft_steps=20, rm_steps=10, ppo_iterations=3, dpo_steps=5
+    ),
+    "cpu": dict(
+        n_layer=2,
+        n_embd=64,
+        demo_words=200,
+        rm_words=250,
+        sft_steps=1500,
+        rm_steps=200,
+        ppo_iterations=150,
+        dpo_steps=200,
+    ),
+    "gpu": dict(
+        n_layer=4,
+        n_embd=128,
+        demo_words=1000,
+        rm_words=300,
+        sft_steps=3000,
+        rm_steps=1000,
+        ppo_iterations=300,
+        dpo_steps=1000,
+    ),
 }
 PPO_SETTINGS = dict(batch_size=32, epochs=4, lr=1e-4, beta=0.1)  # Chapter 16's PPO, at every size
 DPO_SETTINGS = dict(batch_size=32, lr=1e-4, beta=0.1)  # and its DPO (β = 0.1: TRL's default too)
@@ -91,8 +108,7 @@ def tokenizer() -> CharTokenizer:
 def random_words(n: int, seed: int, min_len: int = 3, max_len: int = 5) -> list[str]:
     """``n`` random lowercase words (a fixed ``seed`` gives a fixed list)."""
     rng = random.Random(seed)
-    return ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(min_len, max_len)))
-            for _ in range(n)]
+    return ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(min_len, max_len))) for _ in range(n)]
 
 
 def instruction_set(words: list[str]) -> list[tuple[str, str]]:
@@ -140,8 +156,9 @@ def has_filler(prompt: str, response: str) -> bool:
 # --------------------------------------------------------------------------- batches of (prompt, response)
 
 
-def encode_pairs(pairs: list[tuple[str, str]], tok: CharTokenizer,
-                 device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_pairs(
+    pairs: list[tuple[str, str]], tok: CharTokenizer, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``idx`` ``(B, T)``, ``targets`` ``(B, T)`` holding the next token only where it
     belongs to the response (``-1`` elsewhere: prompt and padding), and ``last`` ``(B,)``, the index
     of each row's final token."""
@@ -177,8 +194,16 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tens
     return loss.item()
 
 
-def sft(model: GPT, pairs: list[tuple[str, str]], steps: int, batch_size: int = 32, lr: float = 2e-3,
-        device: str = "cpu", seed: int = 0, progress: bool = True) -> list[float]:
+def sft(
+    model: GPT,
+    pairs: list[tuple[str, str]],
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
     """Step 1: next-token cross-entropy on the responses of ``pairs``. Returns the loss per step."""
     tok, rng = tokenizer(), random.Random(seed)
     optimizer = configure_optimizer(model, lr, 0.1)
@@ -192,8 +217,13 @@ def sft(model: GPT, pairs: list[tuple[str, str]], steps: int, batch_size: int = 
 
 
 @torch.no_grad()
-def sample_responses(model: GPT, prompts: list[str], temperature: float = 1.0,
-                     generator: torch.Generator | None = None, device: str = "cpu") -> list[str]:
+def sample_responses(
+    model: GPT,
+    prompts: list[str],
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: str = "cpu",
+) -> list[str]:
     """One response per prompt, cut after the end mark (or at ``MAX_RESPONSE`` characters).
     Prompts of equal length are sampled together, so no padding enters the model."""
     tok = tokenizer()
@@ -217,8 +247,10 @@ def evaluate(model: GPT, prompts: list[str], device: str = "cpu") -> tuple[float
     """``(exact-match accuracy, mean labeller score)`` of greedy responses."""
     responses = sample_responses(model, prompts, temperature=0, device=device)
     n = len(prompts)
-    return (sum(exact_match(p, r) for p, r in zip(prompts, responses)) / n,
-            sum(labeller_score(p, r) for p, r in zip(prompts, responses)) / n)
+    return (
+        sum(exact_match(p, r) for p, r in zip(prompts, responses)) / n,
+        sum(labeller_score(p, r) for p, r in zip(prompts, responses)) / n,
+    )
 
 
 # --------------------------------------------------------------------------- 2. the reward model
@@ -256,8 +288,9 @@ class Comparison:
     rejected: str
 
 
-def collect_comparisons(model: GPT, prompts: list[str], k: int = 4, seed: int = 0, min_gap: float = 0.0,
-                        device: str = "cpu") -> list[Comparison]:
+def collect_comparisons(
+    model: GPT, prompts: list[str], k: int = 4, seed: int = 0, min_gap: float = 0.0, device: str = "cpu"
+) -> list[Comparison]:
     """Sample ``k`` responses per prompt, rank them by the labeller, keep every pair whose scores
     differ by more than ``min_gap`` (InstructGPT: rank K = 4..9 responses, train on all K(K-1)/2
     pairs; ``min_gap`` plays the labeller who calls near-equal responses a tie)."""
@@ -273,9 +306,16 @@ def collect_comparisons(model: GPT, prompts: list[str], k: int = 4, seed: int = 
     return comparisons
 
 
-def train_reward_model(rm: RewardModel, comparisons: list[Comparison], steps: int, batch_size: int = 32,
-                       lr: float = 1e-3, device: str = "cpu", seed: int = 0,
-                       progress: bool = True) -> list[float]:
+def train_reward_model(
+    rm: RewardModel,
+    comparisons: list[Comparison],
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
     """Step 2: minimise :func:`preference_loss` on batches of comparisons. Returns the loss per step."""
     rng = random.Random(seed)
     optimizer = configure_optimizer(rm, lr, 0.1)
@@ -292,8 +332,9 @@ def train_reward_model(rm: RewardModel, comparisons: list[Comparison], steps: in
 def preference_accuracy(rm: RewardModel, comparisons: list[Comparison], device: str = "cpu") -> float:
     """How often the reward model ranks the labeller's preferred response higher."""
     with evaluating(rm):
-        r = rm.score([(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons],
-                     device)
+        r = rm.score(
+            [(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons], device
+        )
     n = len(comparisons)
     return (r[:n] > r[n:]).float().mean().item()
 
@@ -301,8 +342,9 @@ def preference_accuracy(rm: RewardModel, comparisons: list[Comparison], device: 
 # --------------------------------------------------------------------------- 3. PPO
 
 
-def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-             clip: float = 0.2) -> torch.Tensor:
+def ppo_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> torch.Tensor:
     """PPO's clipped surrogate, to minimise: ``-mean(min(ρ·A, clip(ρ, 1-ε, 1+ε)·A))`` over the
     response tokens (``mask``), with ``ρ = π/π_old`` per token. ``logp``, ``old_logp``, ``mask``
     ``(B, T)``; ``advantages`` ``(B,)`` (one per sequence, shared by its tokens)."""
@@ -335,9 +377,18 @@ class PPOBatch:
     losses: list[float]
 
 
-def ppo_iteration(policy: GPT, reference: GPT, rm: nn.Module, prompts: list[str], optimizer: torch.optim.Optimizer,
-                  generator: torch.Generator | None = None, epochs: int = 4, beta: float = 0.05, clip: float = 0.2,
-                  device: str = "cpu") -> PPOBatch:
+def ppo_iteration(
+    policy: GPT,
+    reference: GPT,
+    rm: nn.Module,
+    prompts: list[str],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator | None = None,
+    epochs: int = 4,
+    beta: float = 0.05,
+    clip: float = 0.2,
+    device: str = "cpu",
+) -> PPOBatch:
     """One PPO update: sample a response to each prompt from the policy, score it
     ``R = rm(x, y) - beta·KL``, turn ``R`` into advantages (minus the batch mean, over the batch's
     standard deviation: no critic), then take ``epochs`` clipped-surrogate steps on that batch."""
@@ -353,14 +404,33 @@ def ppo_iteration(policy: GPT, reference: GPT, rm: nn.Module, prompts: list[str]
         reward = rm(idx, last)
         total = reward - beta * kl
         advantages = (total - total.mean()) / (total.std() + 1e-8)
-    losses = [_update(policy, optimizer, ppo_loss(response_logprobs(policy, idx, targets), old_logp, advantages,
-                                                  mask, clip), grad_clip=1.0) for _ in range(epochs)]
+    losses = [
+        _update(
+            policy,
+            optimizer,
+            ppo_loss(response_logprobs(policy, idx, targets), old_logp, advantages, mask, clip),
+            grad_clip=1.0,
+        )
+        for _ in range(epochs)
+    ]
     return PPOBatch(pairs, reward, kl, advantages, losses)
 
 
-def ppo(policy: GPT, reference: GPT, rm: nn.Module, prompts: list[str], iterations: int,
-        batch_size: int = 32, epochs: int = 4, lr: float = 3e-4, beta: float = 0.05, clip: float = 0.2,
-        device: str = "cpu", seed: int = 0, progress: bool = True) -> PPOHistory:
+def ppo(
+    policy: GPT,
+    reference: GPT,
+    rm: nn.Module,
+    prompts: list[str],
+    iterations: int,
+    batch_size: int = 32,
+    epochs: int = 4,
+    lr: float = 3e-4,
+    beta: float = 0.05,
+    clip: float = 0.2,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> PPOHistory:
     """Step 3: ``iterations`` times, draw ``batch_size`` prompts and take one :func:`ppo_iteration`."""
     rng = random.Random(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -370,24 +440,40 @@ def ppo(policy: GPT, reference: GPT, rm: nn.Module, prompts: list[str], iteratio
     rm.eval()
     history = PPOHistory()
     for _ in tqdm(range(iterations), disable=not progress, desc="PPO"):
-        batch = ppo_iteration(policy, reference, rm, rng.sample(prompts, min(batch_size, len(prompts))), optimizer,
-                              generator, epochs, beta, clip, device)
+        batch = ppo_iteration(
+            policy,
+            reference,
+            rm,
+            rng.sample(prompts, min(batch_size, len(prompts))),
+            optimizer,
+            generator,
+            epochs,
+            beta,
+            clip,
+            device,
+        )
         history.reward.append(batch.reward.mean().item())
         history.kl.append(batch.kl.mean().item())
         history.true_score.append(sum(labeller_score(p, r) for p, r in batch.pairs) / len(batch.pairs))
     return history
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
     """DPO (Rafailov et al., 2023), the alternative to steps 2+3: no reward model, no sampling;
     ``-log σ(β·[(log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))])`` on sequence
     log-probabilities ``(B,)`` of the preferred and rejected responses."""
     return -F.logsigmoid(beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))).mean()
 
 
-def comparison_logprobs(model: GPT, comparisons: list[Comparison],
-                        device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def comparison_logprobs(
+    model: GPT, comparisons: list[Comparison], device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probabilities ``log π(y|x)`` ``(B,)`` of the chosen and of the rejected responses,
     in one forward pass over both (right padding does not reach the response: attention is causal)."""
     pairs = [(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons]
@@ -407,8 +493,18 @@ class DPOHistory:
     accuracy: list[float] = field(default_factory=list)
 
 
-def dpo(policy: GPT, reference: GPT, comparisons: list[Comparison], steps: int, batch_size: int = 32,
-        lr: float = 1e-4, beta: float = 0.1, device: str = "cpu", seed: int = 0, progress: bool = True) -> DPOHistory:
+def dpo(
+    policy: GPT,
+    reference: GPT,
+    comparisons: list[Comparison],
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    beta: float = 0.1,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> DPOHistory:
     """DPO instead of steps 2 and 3: minimise :func:`dpo_loss` on batches of ``comparisons`` (collected
     from the SFT model, which is also the frozen ``reference``). No reward model, no sampling."""
     rng = random.Random(seed)

@@ -50,24 +50,70 @@ def preset(name: str, size: str) -> tuple[dict, dict]:
     """
     presets = {
         "shakespeare-char": {
-            "smoke": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False),
-                      dict(max_steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=15, eval_iters=4)),
-            "cpu": (dict(block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False),
-                    dict(max_steps=3000, batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
-                         weight_decay=0.1, eval_interval=500, eval_iters=20)),
-            "gpu": (dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
-                    dict(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-                         weight_decay=0.1, eval_interval=250, eval_iters=200)),
+            "smoke": (
+                dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False),
+                dict(max_steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=15, eval_iters=4),
+            ),
+            "cpu": (
+                dict(block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False),
+                dict(
+                    max_steps=3000,
+                    batch_size=32,
+                    lr=2e-3,
+                    min_lr=2e-4,
+                    warmup_steps=100,
+                    beta2=0.99,
+                    weight_decay=0.1,
+                    eval_interval=500,
+                    eval_iters=20,
+                ),
+            ),
+            "gpu": (
+                dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
+                dict(
+                    max_steps=5000,
+                    batch_size=64,
+                    lr=1e-3,
+                    min_lr=1e-4,
+                    warmup_steps=100,
+                    beta2=0.99,
+                    weight_decay=0.1,
+                    eval_interval=250,
+                    eval_iters=200,
+                ),
+            ),
         },
         "shakespeare-bpe": {
-            "smoke": (dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False),
-                      dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=10, eval_iters=4)),
-            "cpu": (dict(block_size=64, n_layer=2, n_head=4, n_embd=64, bias=False),
-                    dict(max_steps=150, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=15, beta2=0.99,
-                         eval_interval=50, eval_iters=5)),
-            "gpu": (dict(vocab_size=50304, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
-                    dict(max_steps=2000, batch_size=64, lr=6e-4, min_lr=6e-5, warmup_steps=100, beta2=0.99,
-                         eval_interval=250, eval_iters=100)),
+            "smoke": (
+                dict(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False),
+                dict(max_steps=20, batch_size=8, lr=3e-3, warmup_steps=5, eval_interval=10, eval_iters=4),
+            ),
+            "cpu": (
+                dict(block_size=64, n_layer=2, n_head=4, n_embd=64, bias=False),
+                dict(
+                    max_steps=150,
+                    batch_size=8,
+                    lr=3e-3,
+                    min_lr=3e-4,
+                    warmup_steps=15,
+                    beta2=0.99,
+                    eval_interval=50,
+                    eval_iters=5,
+                ),
+            ),
+            "gpu": (
+                dict(vocab_size=50304, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
+                dict(
+                    max_steps=2000,
+                    batch_size=64,
+                    lr=6e-4,
+                    min_lr=6e-5,
+                    warmup_steps=100,
+                    beta2=0.99,
+                    eval_interval=250,
+                    eval_iters=100,
+                ),
+            ),
         },
     }
     if name not in presets:
@@ -78,8 +124,9 @@ def preset(name: str, size: str) -> tuple[dict, dict]:
     return dict(model_kwargs), dict(train_kwargs)
 
 
-def prepare_data(name: str, text: str | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, CharTokenizer | tiktoken.Encoding]:
+def prepare_data(
+    name: str, text: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, CharTokenizer | tiktoken.Encoding]:
     """``(train ids, val ids, tokenizer)`` for preset ``name`` from Tiny Shakespeare (90/10 split):
     two 1-D int64 tensors of token ids, and the tokenizer that made them."""
     text = load_text("tinyshakespeare") if text is None else text
@@ -193,8 +240,9 @@ def pretrained(name: str = "shakespeare-char", size: str | None = None, device: 
 def main(argv: list[str] | None = None) -> int:
     """Train the preset named on the command line ``argv`` (default: ``sys.argv``), print its
     evaluations and a sample; under ``torchrun`` every process trains its slice of each batch."""
-    parser = argparse.ArgumentParser(prog="python -m gptcourse.run",
-                                     description="Train a GPT on Tiny Shakespeare from a named preset.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gptcourse.run", description="Train a GPT on Tiny Shakespeare from a named preset."
+    )
     parser.add_argument("--preset", default="shakespeare-char", choices=["shakespeare-char", "shakespeare-bpe"])
     parser.add_argument("--size", choices=["smoke", "cpu", "gpu"], help="default: $GPTCOURSE_SIZE, else by hardware")
     parser.add_argument("--device", help="default: cuda, then mps, then cpu")
@@ -220,9 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     size = args.size or get_size()
     model_kwargs, train_kwargs = preset(args.preset, size)
-    overrides = {"max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
-                 "grad_accum_steps": args.grad_accum_steps, "precision": args.precision,
-                 "checkpoint_path": args.checkpoint, "stop_val_loss": args.stop_val_loss}
+    overrides = {
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "grad_accum_steps": args.grad_accum_steps,
+        "precision": args.precision,
+        "checkpoint_path": args.checkpoint,
+        "stop_val_loss": args.stop_val_loss,
+    }
     train_kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if args.compile:
         train_kwargs["compile"] = True
@@ -231,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(**train_kwargs)
     if rank == 0:
         print(describe())
-        print(f"preset {args.preset} | size {size} | device {device} | {world} process(es) | "
-              f"{model.num_params() / 1e6:.2f}M parameters | precision {resolve_precision(config.precision, device)}")
+        print(
+            f"preset {args.preset} | size {size} | device {device} | {world} process(es) | "
+            f"{model.num_params() / 1e6:.2f}M parameters | precision {resolve_precision(config.precision, device)}"
+        )
         if model.config.vocab_size != vocab_size(tokenizer):
             print(f"vocabulary: {vocab_size(tokenizer)} real tokens, padded to {model.config.vocab_size}")
     history = train(model, train_ids, val_ids, config, device)
@@ -240,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         print("step  train   val    elapsed  tokens/s   MFU")
         for i, s in enumerate(history.eval_steps):
             mfu = history.mfu[i]
-            print(f"{s:>5} {history.eval_train_loss[i]:.4f} {history.eval_val_loss[i]:.4f} "
-                  f"{history.elapsed[i]:7.1f}s {history.tokens_per_s[i]:9.0f} "
-                  f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}")
+            print(
+                f"{s:>5} {history.eval_train_loss[i]:.4f} {history.eval_val_loss[i]:.4f} "
+                f"{history.elapsed[i]:7.1f}s {history.tokens_per_s[i]:9.0f} "
+                f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'}"
+            )
         if args.sample_tokens > 0:
             start = torch.tensor([tokenizer.encode("\n")], dtype=torch.long, device=device)
             out = generate(model, start, args.sample_tokens, temperature=0.8, top_k=200)[0].tolist()

@@ -77,13 +77,12 @@ def decode_tokens(encoding: tiktoken.Encoding, ids: Sequence[int]) -> list[str]:
 # learned once each and a merge never glues a word to the punctuation after it. The string is
 # tiktoken's spelling of GPT-2's pattern (possessive quantifiers, same splits), so the chunks
 # match tiktoken's exactly.
-GPT2_SPLIT_PATTERN = (
-    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-)
+GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
-def get_stats(ids: Sequence[int], counts: dict[tuple[int, int], int] | None = None,
-              weight: int = 1) -> dict[tuple[int, int], int]:
+def get_stats(
+    ids: Sequence[int], counts: dict[tuple[int, int], int] | None = None, weight: int = 1
+) -> dict[tuple[int, int], int]:
     """How often each adjacent pair occurs in ``ids`` (added, ``weight`` times, into ``counts``)."""
     counts = {} if counts is None else counts
     for pair in zip(ids, ids[1:]):
@@ -141,8 +140,10 @@ class BPETokenizer:
         return len(self.vocab) + len(self.special_tokens)
 
     def __repr__(self) -> str:
-        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
-                f"special_tokens={sorted(self.special_tokens)})")
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+            f"special_tokens={sorted(self.special_tokens)})"
+        )
 
     # -- training -----------------------------------------------------------------------------
 
@@ -156,8 +157,9 @@ class BPETokenizer:
         if not isinstance(text, str):
             raise TypeError(f"train takes a str, got {type(text).__name__}")
         if not isinstance(vocab_size, int) or vocab_size < 256:
-            raise ValueError(f"vocab_size must be an integer >= 256 (the 256 byte tokens come first), "
-                             f"got {vocab_size!r}")
+            raise ValueError(
+                f"vocab_size must be an integer >= 256 (the 256 byte tokens come first), got {vocab_size!r}"
+            )
         # A chunk that occurs 1,000 times is counted once with weight 1,000: same counts, far less
         # work. After a merge only the chunks that held the pair are recounted.
         chunk_counts = Counter(self._chunks(text))
@@ -238,16 +240,28 @@ class BPETokenizer:
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of ``text``, treating special-token strings as ordinary text."""
+        """Token ids of ``text``, treating special-token strings as ordinary text.
+
+        The pre-split chunks repeat (a word, its space, a line break), and a chunk's merges depend
+        on that chunk alone, so each distinct chunk is merged once per call and looked up after
+        (``benchmarks/bpe_encode.py`` measures the gain). The cache lives only for this call: it can
+        never hold ids from merges that a later :meth:`train` replaced."""
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, got {type(text).__name__}")
         ids: list[int] = []
+        cache: dict[str, list[int]] = {}
         for chunk in self._chunks(text):
-            ids.extend(self._encode_chunk(_utf8(chunk)))
+            if chunk not in cache:
+                cache[chunk] = self._encode_chunk(_utf8(chunk))
+            ids.extend(cache[chunk])
         return ids
 
-    def encode(self, text: str, allowed_special: str | AbstractSet[str] = frozenset(),
-               disallowed_special: str | AbstractSet[str] = "all") -> list[int]:
+    def encode(
+        self,
+        text: str,
+        allowed_special: str | AbstractSet[str] = frozenset(),
+        disallowed_special: str | AbstractSet[str] = "all",
+    ) -> list[int]:
         """Token ids of ``text``, as tiktoken's ``encode``: a special token's string becomes its
         id only when listed in ``allowed_special`` (or ``"all"``); a special string that is not
         allowed raises ``ValueError`` unless ``disallowed_special=()`` (then it is plain text)."""
@@ -256,15 +270,17 @@ class BPETokenizer:
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
-            raise ValueError(f"allowed_special names {sorted(unknown)}, which are not special tokens of "
-                             f"this tokenizer ({sorted(self.special_tokens)})")
-        disallowed = (set(self.special_tokens) - allowed if disallowed_special == "all"
-                      else set(disallowed_special))
+            raise ValueError(
+                f"allowed_special names {sorted(unknown)}, which are not special tokens of "
+                f"this tokenizer ({sorted(self.special_tokens)})"
+            )
+        disallowed = set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
         for special in disallowed:
             if special in text:
                 raise ValueError(
                     f"the text contains the special token {special!r}; pass allowed_special={{{special!r}}} "
-                    f"to encode it as a special token, or disallowed_special=() to encode it as plain text")
+                    f"to encode it as a special token, or disallowed_special=() to encode it as plain text"
+                )
         if not allowed:
             return self.encode_ordinary(text)
         # split on the allowed special strings (kept by the capture group), encode the rest normally
@@ -304,7 +320,7 @@ def _bpe_bytes(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[byt
                 best_i, best_rank = i, rank
         if best_i is None:
             break
-        parts = parts[:best_i] + [parts[best_i] + parts[best_i + 1]] + parts[best_i + 2:]
+        parts = parts[:best_i] + [parts[best_i] + parts[best_i + 1]] + parts[best_i + 2 :]
     if len(parts) != 2:
         raise ValueError(f"token {token!r} does not split into two lower-rank tokens: {parts}")
     return parts

@@ -134,8 +134,13 @@ def autocast_context(device: str, precision: str) -> contextlib.AbstractContextM
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                        betas: tuple[float, float] = (0.9, 0.95), device: str = "cpu") -> torch.optim.AdamW:
+def configure_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    device: str = "cpu",
+) -> torch.optim.AdamW:
     """AdamW where only parameters with 2 or more dimensions (weights, embeddings) are decayed.
     On CUDA the fused implementation (one kernel for all parameters) is used."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -158,9 +163,15 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - min_lr)
 
 
-def estimate_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, iters: int,
-                  device: str = "cpu", seed: int = 0,
-                  autocast: contextlib.AbstractContextManager | None = None) -> float:
+def estimate_loss(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    batch_size: int,
+    iters: int,
+    device: str = "cpu",
+    seed: int = 0,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> float:
     """Mean loss over ``iters`` random batches ``(batch_size, block_size)`` of the 1-D ``data``; the
     same batches every call (a fixed ``seed``), so that two evaluations differ only because the model did."""
     generator = torch.Generator().manual_seed(seed)
@@ -174,10 +185,16 @@ def estimate_loss(model: torch.nn.Module, data: torch.Tensor, batch_size: int, i
     return sum(losses) / len(losses)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               accum_steps: int = 1, grad_clip: float = 0.0,
-               autocast: contextlib.AbstractContextManager | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    accum_steps: int = 1,
+    grad_clip: float = 0.0,
+    autocast: contextlib.AbstractContextManager | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
     """One optimisation step on the batch ``x, y`` ``(B, T)`` split into ``accum_steps`` micro-batches.
 
     Each micro-batch's loss is divided by ``accum_steps`` before ``backward``, so the summed
@@ -231,9 +248,15 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tensor,
-          config: TrainConfig, device: str = "cpu", stop_after: int | None = None,
-          callback: Callable[[int, History], None] | None = None) -> History:
+def train(
+    model: torch.nn.Module,
+    train_data: torch.Tensor,
+    val_data: torch.Tensor,
+    config: TrainConfig,
+    device: str = "cpu",
+    stop_after: int | None = None,
+    callback: Callable[[int, History], None] | None = None,
+) -> History:
     """Train ``model`` on random windows of ``train_data`` for ``config.max_steps`` steps.
 
     If ``config.checkpoint_path`` names an existing checkpoint, training resumes from it (and
@@ -266,8 +289,10 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
     if ckpt is not None and os.path.exists(ckpt):
         state = load_checkpoint(ckpt)
         if state["model_config"] != raw_model.config.to_dict():
-            raise ValueError(f"checkpoint {ckpt} was saved from a different model configuration: "
-                             f"{state['model_config']}; delete it or train that model")
+            raise ValueError(
+                f"checkpoint {ckpt} was saved from a different model configuration: "
+                f"{state['model_config']}; delete it or train that model"
+            )
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         batches.set_state(state["batches"])
@@ -304,7 +329,7 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = get_batch(train_data, block_size, per_process * world, "cpu", batches)
-        x, y = x[rank * per_process:(rank + 1) * per_process], y[rank * per_process:(rank + 1) * per_process]
+        x, y = x[rank * per_process : (rank + 1) * per_process], y[rank * per_process : (rank + 1) * per_process]
         if on_cuda:  # pinned memory lets the copy overlap with compute
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -321,13 +346,14 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
             seconds = time.perf_counter() - window_start
             tokens_per_s = window_steps * tokens_per_step / seconds
             history.tokens_per_s.append(tokens_per_s)
-            history.mfu.append(None if peak is None else
-                               tokens_per_s * model_flops / (peak * world))
+            history.mfu.append(None if peak is None else tokens_per_s * model_flops / (peak * world))
             history.eval_steps.append(step)
-            history.eval_train_loss.append(estimate_loss(eval_model, train_data, config.batch_size,
-                                                         config.eval_iters, device, autocast=autocast))
-            history.eval_val_loss.append(estimate_loss(eval_model, val_data, config.batch_size,
-                                                       config.eval_iters, device, autocast=autocast))
+            history.eval_train_loss.append(
+                estimate_loss(eval_model, train_data, config.batch_size, config.eval_iters, device, autocast=autocast)
+            )
+            history.eval_val_loss.append(
+                estimate_loss(eval_model, val_data, config.batch_size, config.eval_iters, device, autocast=autocast)
+            )
             history.elapsed.append(time.perf_counter() - start)
             bar.set_postfix(train=f"{history.eval_train_loss[-1]:.3f}", val=f"{history.eval_val_loss[-1]:.3f}")
             if ckpt is not None:
@@ -339,12 +365,20 @@ def train(model: torch.nn.Module, train_data: torch.Tensor, val_data: torch.Tens
                 else:
                     rng = [rng]
                 if rank == 0:
-                    save_checkpoint(ckpt, {
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "batches": batches.get_state(), "rng": rng, "history": asdict(history),
-                        "step": step, "model_config": raw_model.config.to_dict(), "train_config": asdict(config),
-                    })
+                    save_checkpoint(
+                        ckpt,
+                        {
+                            "model": raw_model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict() if scaler is not None else None,
+                            "batches": batches.get_state(),
+                            "rng": rng,
+                            "history": asdict(history),
+                            "step": step,
+                            "model_config": raw_model.config.to_dict(),
+                            "train_config": asdict(config),
+                        },
+                    )
             window_start, window_steps = time.perf_counter(), 0
             if config.stop_val_loss is not None and history.eval_val_loss[-1] <= config.stop_val_loss:
                 break

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 
-def baby_gpt_explorer(snapshots: list[torch.Tensor], losses: list[float] | None = None,
-                      seen: torch.Tensor | None = None):
+def baby_gpt_explorer(
+    snapshots: list[torch.Tensor], losses: list[float] | None = None, seen: torch.Tensor | None = None
+):
     """A slider over training steps that redraws the baby GPT's Markov chain.
 
     ``snapshots[i]`` is the ``(8, 2)`` next-bit probability table after ``i`` steps (as returned
@@ -30,8 +31,7 @@ def baby_gpt_explorer(snapshots: list[torch.Tensor], losses: list[float] | None 
             draw_chain(snapshots[step], ax=ax, title=title, seen=seen)
             plt.show()
 
-    slider = widgets.IntSlider(value=0, min=0, max=len(snapshots) - 1, description="step",
-                               continuous_update=False)
+    slider = widgets.IntSlider(value=0, min=0, max=len(snapshots) - 1, description="step", continuous_update=False)
     play = widgets.Play(value=0, min=0, max=len(snapshots) - 1, interval=300)
     widgets.jslink((play, "value"), (slider, "value"))
     slider.observe(lambda change: show(change["new"]), names="value")
@@ -55,11 +55,9 @@ def attention_explorer(model: torch.nn.Module, encode, decode, text: str, max_le
     n_layer, n_head = model.config.n_layer, model.config.n_head
     max_len = min(max_len, model.config.block_size)
     device = next(model.parameters()).device
-    box = widgets.Text(value=text, description="text", layout=widgets.Layout(width="60%"),
-                       continuous_update=False)
+    box = widgets.Text(value=text, description="text", layout=widgets.Layout(width="60%"), continuous_update=False)
     layer = widgets.IntSlider(value=0, min=0, max=n_layer - 1, description="layer", continuous_update=False)
-    head = widgets.Dropdown(options=[("mean", -1)] + [(str(h), h) for h in range(n_head)], value=0,
-                            description="head")
+    head = widgets.Dropdown(options=[("mean", -1)] + [(str(h), h) for h in range(n_head)], value=0, description="head")
     out = widgets.Output()
 
     def show(_=None) -> None:
@@ -90,12 +88,13 @@ def sampling_explorer(logits: torch.Tensor, labels: list[str]):
     from gptcourse.plots import sampling_distribution
 
     out = widgets.Output()
-    temperature = widgets.FloatSlider(value=1.0, min=0.0, max=3.0, step=0.05, description="temperature",
-                                      continuous_update=False)
-    top_k = widgets.IntSlider(value=logits.numel(), min=1, max=logits.numel(), description="top-k",
-                              continuous_update=False)
-    top_p = widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p",
-                                continuous_update=False)
+    temperature = widgets.FloatSlider(
+        value=1.0, min=0.0, max=3.0, step=0.05, description="temperature", continuous_update=False
+    )
+    top_k = widgets.IntSlider(
+        value=logits.numel(), min=1, max=logits.numel(), description="top-k", continuous_update=False
+    )
+    top_p = widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p", continuous_update=False)
 
     def show(_=None) -> None:
         with out:

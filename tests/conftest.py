@@ -1,6 +1,6 @@
-"""Shared fixtures. Offline assets (Tiny Shakespeare, tiktoken's GPT-2 files) are skipped with a
-clear message when they cannot be had, except under GPTCOURSE_REQUIRE_DATA=1 (CI), where a test
-that cannot get them fails: a skipped test proves nothing."""
+"""Shared fixtures. Offline assets (Tiny Shakespeare, tiktoken's GPT-2 files) and optional packages
+(``transformers``) are skipped with a clear message when they cannot be had, except under
+GPTCOURSE_REQUIRE_DATA=1 (CI), where a test that cannot get them fails: a skipped test proves nothing."""
 
 from __future__ import annotations
 
@@ -12,11 +12,24 @@ import torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
-def _unavailable(what: str, err: Exception) -> None:
+def _unavailable(
+    what: str, err: Exception, fix: str = "set GPTCOURSE_DATA_DIR / TIKTOKEN_CACHE_DIR or go online"
+) -> None:
     message = f"{what} is not available ({err})"
     if os.environ.get("GPTCOURSE_REQUIRE_DATA") == "1":
         pytest.fail(message + "; GPTCOURSE_REQUIRE_DATA=1 forbids skipping", pytrace=False)
-    pytest.skip(message + "; set GPTCOURSE_DATA_DIR / TIKTOKEN_CACHE_DIR or go online")
+    pytest.skip(f"{message}; {fix}")
+
+
+@pytest.fixture(scope="session")
+def transformers():
+    """Hugging Face ``transformers`` (a test extra): a fixture, not a module-level ``importorskip``, so
+    that its absence skips only the tests that compare with it, and fails them under CI."""
+    try:
+        import transformers
+    except ImportError as err:
+        _unavailable("the transformers package", err, fix='pip install -e ".[test]"')
+    return transformers
 
 
 @pytest.fixture(scope="session")

@@ -21,11 +21,15 @@ TIMEOUT = 20  # per cell: the setup cell imports torch, which takes seconds on a
 WRONG_SCORES = "import torch\n\ndef scaled_scores(q, k):\n    return q @ k.transpose(-2, -1)"
 WRONG_ATTENTION = "import torch\n\ndef attention(q, k, v, mask=None):\n    return v[..., : q.size(-2), :] * 0"
 # a correct answer written differently from the solution: einsum, an explicit softmax, torch.where
-OTHER_SCORES = ("import math\nimport torch\n\ndef scaled_scores(q, k):\n"
-                "    return torch.einsum('...td,...sd->...ts', q, k) * (1.0 / math.sqrt(q.shape[-1]))")
-OTHER_ATTENTION = ("import torch\n\ndef attention(q, k, v, mask=None):\n    s = scaled_scores(q, k)\n"
-                   "    if mask is not None:\n        s = torch.where(mask, s, torch.full_like(s, -float('inf')))\n"
-                   "    w = (s - s.amax(-1, keepdim=True)).exp()\n    return (w / w.sum(-1, keepdim=True)) @ v")
+OTHER_SCORES = (
+    "import math\nimport torch\n\ndef scaled_scores(q, k):\n"
+    "    return torch.einsum('...td,...sd->...ts', q, k) * (1.0 / math.sqrt(q.shape[-1]))"
+)
+OTHER_ATTENTION = (
+    "import torch\n\ndef attention(q, k, v, mask=None):\n    s = scaled_scores(q, k)\n"
+    "    if mask is not None:\n        s = torch.where(mask, s, torch.full_like(s, -float('inf')))\n"
+    "    w = (s - s.amax(-1, keepdim=True)).exp()\n    return (w / w.sum(-1, keepdim=True)) @ v"
+)
 
 
 def read(path: Path) -> nbformat.NotebookNode:

@@ -30,23 +30,33 @@ def test_attention_equals_sdpa_over_random_shapes_and_masks(seed):
     torch.testing.assert_close(attention(q, k, v), expected, atol=1e-6, rtol=1e-5)
     # a boolean mask, broadcast over every leading dimension (batch, heads)
     bool_mask = torch.rand(T, S, generator=g) < 0.7
-    torch.testing.assert_close(attention(q, k, v, bool_mask),
-                               F.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        attention(q, k, v, bool_mask),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask),
+        atol=1e-6,
+        rtol=1e-5,
+    )
     # a full-shape boolean mask and an additive float mask
     full_mask = torch.rand(*lead, T, S, generator=g) < 0.5
-    torch.testing.assert_close(attention(q, k, v, full_mask),
-                               F.scaled_dot_product_attention(q, k, v, attn_mask=full_mask), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        attention(q, k, v, full_mask),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=full_mask),
+        atol=1e-6,
+        rtol=1e-5,
+    )
     add_mask = torch.randn(T, S, generator=g)
-    torch.testing.assert_close(attention(q, k, v, add_mask),
-                               F.scaled_dot_product_attention(q, k, v, attn_mask=add_mask), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        attention(q, k, v, add_mask), F.scaled_dot_product_attention(q, k, v, attn_mask=add_mask), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_attention_broadcasts_a_mask_per_batch_over_heads():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 4, 6, 8, generator=g) for _ in range(3))
     mask = torch.rand(3, 1, 6, 6, generator=g) < 0.6
-    torch.testing.assert_close(attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_mask_polarity_true_means_may_attend():

@@ -10,8 +10,18 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from gptcourse.babygpt import (SEQUENCE, all_states, baby_config, draw_chain, make_dataset, next_state,
-                               state_counts, train_baby_gpt, transition_matrix, transition_probs)
+from gptcourse.babygpt import (
+    SEQUENCE,
+    all_states,
+    baby_config,
+    draw_chain,
+    make_dataset,
+    next_state,
+    state_counts,
+    train_baby_gpt,
+    transition_matrix,
+    transition_probs,
+)
 from gptcourse.model import GPT, count_params
 
 

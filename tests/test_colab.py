@@ -22,14 +22,18 @@ from gptcourse import hardware, labs
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 NOTEBOOKS = sorted(p for folder in labs.NOTEBOOK_DIRS for p in (ROOT / folder).glob("*.ipynb"))
-BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
-                   r"\((?P<url>https://colab\.research\.google\.com/github/(?P<repo>[^/]+/[^/]+)/blob/(?P<branch>[^/]+)/(?P<path>[^)]+))\)")
+BADGE = re.compile(
+    r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
+    r"\((?P<url>https://colab\.research\.google\.com/github/(?P<repo>[^/]+/[^/]+)/blob/(?P<branch>[^/]+)/(?P<path>[^)]+))\)"
+)
 INSTALL = re.compile(r'"gptcourse @ git\+https://github\.com/(?P<repo>[^/@"]+/[^/@"]+)@(?P<branch>[^"]+)"')
 
 
 def _repository() -> tuple[str, str]:
     url = CONFIG["repository"]["url"].rstrip("/")
-    assert url.startswith("https://github.com/"), f"repository.url {url!r} is not a GitHub URL (Colab opens GitHub paths)"
+    assert url.startswith("https://github.com/"), (
+        f"repository.url {url!r} is not a GitHub URL (Colab opens GitHub paths)"
+    )
     return url.removeprefix("https://github.com/"), CONFIG["repository"].get("branch", "main")
 
 
@@ -82,8 +86,9 @@ def test_badge_install_cell_and_launch_button_agree(path):
     assert (install["repo"], install["branch"]) == (repo, branch)
     assert 'if "google.colab" in sys.modules:' in install_cell.source, f"{rel}: install only when running in Colab"
     pip_lines = [line for line in install_cell.source.splitlines() if "pip" in line]
-    assert not any(re.search(r"\btorch\b|--upgrade|\s-U\b|--force", line) for line in pip_lines), \
+    assert not any(re.search(r"\btorch\b|--upgrade|\s-U\b|--force", line) for line in pip_lines), (
         f"{rel}: the install must leave Colab's torch alone"
+    )
     # the website shows the lesson, not the install; the device line of the setup cell stays visible
     assert labs.BOOK_REMOVE_TAG in install_cell.metadata["tags"], f"{rel}: the install cell must be off the page"
     assert not {"remove-cell", "remove-input", "remove-output", "hide-cell"} & set(setups[0].metadata["tags"])

@@ -178,8 +178,9 @@ def test_combined_loss_matches_its_parts():
 def test_finetune_learns_a_separable_task():
     # class 0 lines are made of a's, class 1 of b's: a few steps must separate them
     tok = TaskTokenizer(CharTokenizer("ab"))
-    examples = [Example(("a" * n, "a" * (n + 1)), 0) for n in range(1, 9)] + \
-               [Example(("b" * n, "b" * (n + 1)), 1) for n in range(1, 9)]
+    examples = [Example(("a" * n, "a" * (n + 1)), 0) for n in range(1, 9)] + [
+        Example(("b" * n, "b" * (n + 1)), 1) for n in range(1, 9)
+    ]
     task = SpeakerTask(["a", "b"], examples, examples)
     model = tiny_classifier(tok)
     history = finetune(model, task, tok, lam=0.5, steps=40, batch_size=8, lr=3e-3, warmup_steps=5, progress=False)
@@ -213,8 +214,9 @@ def test_finetune_records_a_learning_curve():
     tok = TaskTokenizer(CharTokenizer("ab"))
     examples = [Example(("a" * n, "a"), 0) for n in range(1, 9)] + [Example(("b" * n, "b"), 1) for n in range(1, 9)]
     task = SpeakerTask(["a", "b"], examples, examples)
-    history = finetune(tiny_classifier(tok), task, tok, steps=7, batch_size=4, warmup_steps=1, progress=False,
-                       eval_every=3)
+    history = finetune(
+        tiny_classifier(tok), task, tok, steps=7, batch_size=4, warmup_steps=1, progress=False, eval_every=3
+    )
     assert history.eval_steps == [3, 6, 7]  # every 3 steps, and the last
     assert len(history.eval_accuracy) == len(history.eval_task_loss) == 3
     assert history.val_accuracy == history.eval_accuracy[-1]
@@ -252,8 +254,14 @@ def test_lab13_specs_accept_the_package_and_catch_common_mistakes():
     with pytest.raises(GradingError, match="LAST position"):
         check("lab13.classifier_logits", lambda hidden, pos, head: head(hidden[:, -1]), seed=0)
     with pytest.raises(GradingError, match="ignore_index"):
-        check("lab13.combined_loss", lambda c, y, lm, t, lam: (
-            F.cross_entropy(c, y) + lam * F.cross_entropy(lm.flatten(0, 1), t.flatten().clamp(min=0)),
-            F.cross_entropy(c, y), F.cross_entropy(lm.flatten(0, 1), t.flatten().clamp(min=0))), seed=0)
+        check(
+            "lab13.combined_loss",
+            lambda c, y, lm, t, lam: (
+                F.cross_entropy(c, y) + lam * F.cross_entropy(lm.flatten(0, 1), t.flatten().clamp(min=0)),
+                F.cross_entropy(c, y),
+                F.cross_entropy(lm.flatten(0, 1), t.flatten().clamp(min=0)),
+            ),
+            seed=0,
+        )
     with pytest.raises(NotImplementedError):
         check("lab13.combined_loss", lambda *args: (_ for _ in ()).throw(NotImplementedError()), seed=0)

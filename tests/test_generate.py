@@ -100,14 +100,17 @@ def test_repetition_penalty_breaks_greedy_loops(model):
     assert len(set(penalised)) > len(set(plain))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(temperature=-1.0), "temperature"),
-    (dict(top_k=0, temperature=1.0), "top_k"),
-    (dict(top_p=0.0, temperature=1.0), "top_p"),
-    (dict(top_p=1.5, temperature=1.0), "top_p"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"),
-    (dict(max_new_tokens=-1), "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_k=0, temperature=1.0), "top_k"),
+        (dict(top_p=0.0, temperature=1.0), "top_p"),
+        (dict(top_p=1.5, temperature=1.0), "top_p"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+    ],
+)
 def test_bad_arguments_raise_value_errors(model, kwargs, match):
     args = dict(max_new_tokens=2)
     args.update(kwargs)

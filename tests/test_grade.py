@@ -22,16 +22,26 @@ def solutions():
 
 
 def test_values_round_trip_plain_data_only():
-    value = {"t": torch.tensor([[1.5, float("nan")], [float("inf"), -0.0]]), "ids": torch.tensor([3, 1]),
-             "mask": torch.tensor([True, False]), "pair": (1, "a"), "list": [None, b"\x00\xff"], 2.5: math.inf}
+    value = {
+        "t": torch.tensor([[1.5, float("nan")], [float("inf"), -0.0]]),
+        "ids": torch.tensor([3, 1]),
+        "mask": torch.tensor([True, False]),
+        "pair": (1, "a"),
+        "list": [None, b"\x00\xff"],
+        2.5: math.inf,
+    }
     back = values.decode(json.loads(json.dumps(values.encode(value), allow_nan=False)))  # JSON, as sent
     assert back.keys() == value.keys() and back["pair"] == (1, "a") and back["list"] == [None, b"\x00\xff"]
     torch.testing.assert_close(back["t"], value["t"], equal_nan=True)
     assert back["ids"].dtype == torch.int64 and back["mask"].dtype == torch.bool and back[2.5] == math.inf
     with pytest.raises(values.ValueFormatError, match="cannot be graded"):
         values.encode(object())
-    for bad in ({"__tensor__": "torch.float32", "shape": [3], "data": [1.0]}, {"x": 1}, {"__float__": "1e400"},
-                {"__dict__": [[[1], 2]]}):
+    for bad in (
+        {"__tensor__": "torch.float32", "shape": [3], "data": [1.0]},
+        {"x": 1},
+        {"__float__": "1e400"},
+        {"__dict__": [[[1], 2]]},
+    ):
         with pytest.raises(values.ValueFormatError):
             values.decode(bad)
 
@@ -67,11 +77,14 @@ def test_judge_does_not_trust_malformed_replies():
 def test_assemble_puts_a_collecting_cell_in_place_of_every_graded_cell(solutions):
     student = read(UNSOLVED)
     student.cells = [c for c in student.cells if "check(" not in c.source]  # graded cells deleted
-    student.cells.append(nbformat.v4.new_code_cell("print('bonus')", metadata={
-        "tags": ["grade"], "gptcourse": {"exercise": "lab04.bonus", "points": 50}}))
+    student.cells.append(
+        nbformat.v4.new_code_cell(
+            "print('bonus')", metadata={"tags": ["grade"], "gptcourse": {"exercise": "lab04.bonus", "points": 50}}
+        )
+    )
     nb, graded = grade.assemble(student, solutions["lab04"], {"lab04.scores": 7, "lab04.attention": 8})
     assert [e.spec.id for e in graded.values()] == ["lab04.scores", "lab04.attention"]
-    for index, ex in graded.items():
+    for index in graded:
         assert "collect(" in nb.cells[index].source and "def " in nb.cells[index - 1].source
     assert not any("bonus" in c.source for c in nb.cells)
     assert all(not c.get("metadata") for c in nb.cells if c.cell_type == "code")  # no student tags survive
@@ -89,8 +102,10 @@ def test_scan_finds_forbidden_references_through_aliases(solutions):
     student = read(SOLVED)
     for i, c in enumerate(student.cells):
         if c.source.startswith("def attention"):
-            student.cells[i].source = ("import gptcourse.attention as A\n\ndef attention(q, k, v, mask=None):\n"
-                                       "    return A.attention(q, k, v, mask)")
+            student.cells[i].source = (
+                "import gptcourse.attention as A\n\ndef attention(q, k, v, mask=None):\n"
+                "    return A.attention(q, k, v, mask)"
+            )
     flags = scan.flags(scan.parse_cells(student), solutions["lab04"])
     assert "uses gptcourse.attention.attention" in flags["lab04.attention"]
     assert "uses gptcourse.attention.attention" not in flags.get("lab04.scores", [])
@@ -101,9 +116,11 @@ def test_copy_ratio_sees_through_comments_and_spacing_not_through_rewrites():
     source = next(c.source for c in solution.cells if c.source.startswith("def attention"))
     copied = source.replace("### BEGIN SOLUTION\n", "").replace("### END SOLUTION", "# mine!").replace("    ", "  ")
     assert scan.copy_ratio(copied, source) >= scan.COPY_RATIO
-    rewritten = ("def attention(q, k, v, mask=None):\n    s = scaled_scores(q, k)\n"
-                 "    w = torch.where(mask, s, -math.inf) if mask is not None else s\n"
-                 "    return w.softmax(-1).matmul(v)")
+    rewritten = (
+        "def attention(q, k, v, mask=None):\n    s = scaled_scores(q, k)\n"
+        "    w = torch.where(mask, s, -math.inf) if mask is not None else s\n"
+        "    return w.softmax(-1).matmul(v)"
+    )
     assert scan.copy_ratio(rewritten, source) < scan.COPY_RATIO
 
 
@@ -120,8 +137,12 @@ def test_the_grader_drops_a_reply_over_its_size_bound(monkeypatch):
 
     def reply(size):
         content = {"data": {grade.MIME: {"outcomes": "x" * size}}, "metadata": {}}
-        return {"msg_type": "display_data", "parent_header": {"msg_id": "m"}, "header": {"msg_type": "display_data"},
-                "content": content}
+        return {
+            "msg_type": "display_data",
+            "parent_header": {"msg_id": "m"},
+            "header": {"msg_type": "display_data"},
+            "content": content,
+        }
 
     monkeypatch.setattr(grade.values, "MAX_BYTES", 1000)
     outs: list = []

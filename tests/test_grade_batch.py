@@ -21,11 +21,17 @@ def variants():
     v = {"malformed": b"{ not json", "empty": nbformat.writes(nbformat.v4.new_notebook()).encode()}
     v["lab04_chapter.ipynb"] = read(labs.ROOT / "chapters" / "04_self_attention.ipynb")
     v["lab04_is_lab05.ipynb"] = read(next(SOLUTIONS.glob("lab05_*.ipynb")))  # lab 5's cells under lab 4's name
-    v["forger"] = replace(read(UNSOLVED), "def scaled_scores", (
-        f"def scaled_scores(q, k):\n    raise ValueError({FORGED_LINE!r})"))
-    v["forbidden"] = replace(read(SOLVED), "def attention", (
-        "from gptcourse.attention import attention as reference\n\n"
-        "def attention(q, k, v, mask=None):\n    return reference(q, k, v, mask)"))
+    v["forger"] = replace(
+        read(UNSOLVED), "def scaled_scores", (f"def scaled_scores(q, k):\n    raise ValueError({FORGED_LINE!r})")
+    )
+    v["forbidden"] = replace(
+        read(SOLVED),
+        "def attention",
+        (
+            "from gptcourse.attention import attention as reference\n\n"
+            "def attention(q, k, v, mask=None):\n    return reference(q, k, v, mask)"
+        ),
+    )
     return v
 
 

@@ -41,26 +41,37 @@ def variants(tmp: Path):
     insert_after(loop, "def scaled_scores", "while True:\n    pass")
     v["loop"] = insert_after(loop, "def scaled_scores", "import sys\nsys.exit('bye')")
     # a loop that ignores interrupts inside the exercise: the kernel is stopped, the next notebook graded
-    v["stubborn"] = replace(read(SOLVED), "def scaled_scores", (
-        "import time\n\ndef scaled_scores(q, k):\n    while True:\n        try:\n            time.sleep(0.05)\n"
-        "        except KeyboardInterrupt:\n            pass"))
+    v["stubborn"] = replace(
+        read(SOLVED),
+        "def scaled_scores",
+        (
+            "import time\n\ndef scaled_scores(q, k):\n    while True:\n        try:\n            time.sleep(0.05)\n"
+            "        except KeyboardInterrupt:\n            pass"
+        ),
+    )
     # a cell that prints 60 MB: the grader keeps a bounded amount of it, and grades the rest
     v["flood"] = insert_after(read(SOLVED), "def scaled_scores", "for _ in range(600):\n    print('x' * 100_000)")
     # code meant to outlive the notebook: start-up files for the next kernel, rewritten course files, a
     # stale .pyc, rewritten solutions, and detached processes that would rewrite results after the grader exits
-    v["outlive"] = insert_after(read(SOLVED), "def attention", (
-        "import os, subprocess, sys, pathlib, gptcourse.grading.lab04 as spec\n"
-        "def attempt(write):\n    try:\n        write()\n    except OSError as err:\n        print('blocked:', err)\n"
-        f"attempt(lambda: pathlib.Path({str(SITE / 'sitecustomize.py')!r}).write_text('import os'))\n"
-        f"attempt(lambda: pathlib.Path({str(SITE / f'evil-{TOKEN}.pth')!r}).write_text('import os'))\n"
-        "attempt(lambda: pathlib.Path(spec.__file__).write_text('SPECS = ()'))\n"
-        "attempt(lambda: (pathlib.Path(spec.__file__).parent / '__pycache__' / 'harness.cpython-311.pyc')"
-        ".write_bytes(b'stale'))\n"
-        f"attempt(lambda: pathlib.Path({str(SOLVED)!r}).write_text('{{}}'))\n"
-        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', 'orphan-{TOKEN}'], "
-        "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-        "if os.fork() == 0:\n    os.setsid()\n"
-        f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)', 'orphan-{TOKEN}'])"))
+    v["outlive"] = insert_after(
+        read(SOLVED),
+        "def attention",
+        (
+            "import os, subprocess, sys, pathlib, gptcourse.grading.lab04 as spec\n"
+            "def attempt(write):\n    try:\n        write()\n"
+            "    except OSError as err:\n        print('blocked:', err)\n"
+            f"attempt(lambda: pathlib.Path({str(SITE / 'sitecustomize.py')!r}).write_text('import os'))\n"
+            f"attempt(lambda: pathlib.Path({str(SITE / f'evil-{TOKEN}.pth')!r}).write_text('import os'))\n"
+            "attempt(lambda: pathlib.Path(spec.__file__).write_text('SPECS = ()'))\n"
+            "attempt(lambda: (pathlib.Path(spec.__file__).parent / '__pycache__' / 'harness.cpython-311.pyc')"
+            ".write_bytes(b'stale'))\n"
+            f"attempt(lambda: pathlib.Path({str(SOLVED)!r}).write_text('{{}}'))\n"
+            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', 'orphan-{TOKEN}'], "
+            "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+            "if os.fork() == 0:\n    os.setsid()\n"
+            f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)', 'orphan-{TOKEN}'])"
+        ),
+    )
     v["after"] = read(SOLVED)  # graded after all of the above, in a clean kernel
     return v
 

@@ -33,8 +33,14 @@ from gptcourse.model import GPT, GPTConfig
 
 def test_tasks_on_one_word():
     outputs = {name: fn("abcf") for name, fn in TASKS.items()}
-    assert outputs == {"copy": "abcf", "reverse": "fcba", "sort": "abcf", "shift": "bcda",
-                       "rotate": "bcfa", "swap pairs": "bafc"}
+    assert outputs == {
+        "copy": "abcf",
+        "reverse": "fcba",
+        "sort": "abcf",
+        "shift": "bcda",
+        "rotate": "bcfa",
+        "swap pairs": "bafc",
+    }
 
 
 def test_tasks_need_demonstrations_to_be_told_apart():
@@ -47,7 +53,7 @@ def test_tasks_need_demonstrations_to_be_told_apart():
 def test_split_is_fixed_disjoint_and_complete():
     train, held = split_words()
     assert split_words() == (train, held)
-    assert not set(train) & set(held) and len(train) + len(held) == 6 ** 4 and len(held) == 324
+    assert not set(train) & set(held) and len(train) + len(held) == 6**4 and len(held) == 324
 
 
 def test_training_batch_is_shifted_demonstrations_of_one_task():

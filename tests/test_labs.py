@@ -17,27 +17,39 @@ LABS = sorted((ROOT / "labs").glob("lab*.ipynb"))
 
 
 def test_strip_solutions_keeps_the_lines_around_the_block():
-    source = "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION\n\nz = 1"
+    source = (
+        "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION\n\nz = 1"
+    )
     assert labs.strip_solutions(source) == "def f(x):\n    '''doc'''\n    raise NotImplementedError()\n\nz = 1"
 
 
-@pytest.mark.parametrize("source", [
-    "### BEGIN SOLUTION\nx = 1",
-    "x = 1\n### END SOLUTION",
-    "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "### BEGIN SOLUTION\nx = 1",
+        "x = 1\n### END SOLUTION",
+        "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION",
+    ],
+)
 def test_strip_solutions_rejects_unbalanced_markers(source):
     with pytest.raises(ValueError):
         labs.strip_solutions(source)
 
 
 def test_make_lab_clears_outputs_and_keeps_graded_cells():
-    solution = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# Lab"),
-        nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION",
-                                  execution_count=3, outputs=[nbformat.v4.new_output("stream", text="1")]),
-        nbformat.v4.new_code_cell("assert f() == 1", metadata={"tags": ["grade"], "gptcourse": {"exercise": "f", "points": 1}}),
-    ])
+    solution = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# Lab"),
+            nbformat.v4.new_code_cell(
+                "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION",
+                execution_count=3,
+                outputs=[nbformat.v4.new_output("stream", text="1")],
+            ),
+            nbformat.v4.new_code_cell(
+                "assert f() == 1", metadata={"tags": ["grade"], "gptcourse": {"exercise": "f", "points": 1}}
+            ),
+        ]
+    )
     lab = labs.make_lab(solution, "labs/lab99_x.ipynb")
     code = [c for c in lab.cells if c.cell_type == "code"]
     assert all(c.outputs == [] and c.execution_count is None for c in code)
@@ -50,8 +62,9 @@ def test_make_lab_clears_outputs_and_keeps_graded_cells():
 
 def test_a_new_install_cell_keeps_the_setup_cells_outputs():
     """A new release changes the install cell; the device line the setup cell printed in a real run stays."""
-    nb = labs.with_header(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Chapter")]),
-                          "chapters/99_x.ipynb")
+    nb = labs.with_header(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Chapter")]), "chapters/99_x.ipynb"
+    )
     install, setup = nb.cells[2], nb.cells[3]
     install.source = install.source.replace("@", "@v0.0.1-", 1)
     setup.outputs = [nbformat.v4.new_output("stream", text="device: cpu | size: cpu\n")]
@@ -75,8 +88,9 @@ def test_every_solution_has_a_lab():
 @pytest.mark.parametrize("path", LABS, ids=[p.stem for p in LABS])
 def test_unsolved_lab_fails_graded_cells_with_not_implemented_only(path):
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(path.parent)}}
+    )
     client.execute(env=dict(os.environ, GPTCOURSE_SIZE="smoke"))
     graded = labs.graded_cells(nb)
     assert graded, f"{path.name} has no graded cells"

@@ -133,8 +133,9 @@ def test_heldout_loss_of_a_gpt_is_its_loss_on_the_whole_text_when_it_fits_one_wi
     assert heldout_loss(model, ids, 4) != pytest.approx(loss.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("ids, block_size", [(torch.tensor([3]), 8), (torch.zeros(2, 5, dtype=torch.long), 8),
-                                             (torch.arange(10), 1)])
+@pytest.mark.parametrize(
+    "ids, block_size", [(torch.tensor([3]), 8), (torch.zeros(2, 5, dtype=torch.long), 8), (torch.arange(10), 1)]
+)
 def test_heldout_loss_rejects_what_it_cannot_score(ids, block_size):
     with pytest.raises(ValueError):
         heldout_loss(_PerPosition(11), ids, block_size)

@@ -15,10 +15,21 @@ from gptcourse.model import GPT, PRESETS, Block, GPTConfig, PostNormBlock, count
 TINY = dict(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("vocab_size", 0), ("block_size", -1), ("n_layer", 1.5), ("n_head", True), ("n_kv_head", 3),
-    ("dropout", 1.0), ("norm", "middle"), ("pos", "rotary"), ("attention", "banana"), ("ffn", "conv"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("vocab_size", 0),
+        ("block_size", -1),
+        ("n_layer", 1.5),
+        ("n_head", True),
+        ("n_kv_head", 3),
+        ("dropout", 1.0),
+        ("norm", "middle"),
+        ("pos", "rotary"),
+        ("attention", "banana"),
+        ("ffn", "conv"),
+    ],
+)
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         GPTConfig(**{**TINY, field: value})
@@ -103,11 +114,16 @@ def test_residual_projections_are_scaled_by_depth():
 def _random_config(rng: random.Random) -> GPTConfig:
     n_head = rng.choice([1, 2, 3, 4, 6])
     return GPTConfig(
-        vocab_size=rng.randint(2, 300), block_size=rng.randint(1, 64), n_layer=rng.randint(1, 4),
-        n_head=n_head, n_embd=n_head * rng.randint(1, 12),
+        vocab_size=rng.randint(2, 300),
+        block_size=rng.randint(1, 64),
+        n_layer=rng.randint(1, 4),
+        n_head=n_head,
+        n_embd=n_head * rng.randint(1, 12),
         n_kv_head=rng.choice([None] + [d for d in range(1, n_head + 1) if n_head % d == 0]),
-        bias=rng.random() < 0.5, norm=rng.choice(["pre", "post"]),
-        pos=rng.choice(["learned", "sinusoidal", "none"]), final_norm=rng.random() < 0.5,
+        bias=rng.random() < 0.5,
+        norm=rng.choice(["pre", "post"]),
+        pos=rng.choice(["learned", "sinusoidal", "none"]),
+        final_norm=rng.random() < 0.5,
     )
 
 
@@ -141,14 +157,13 @@ def test_unknown_preset():
 
 # --- Hugging Face GPT-2 -------------------------------------------------------------------------
 
-transformers = pytest.importorskip("transformers")
-
 
 @pytest.fixture(scope="module")
-def hf_pair():
+def hf_pair(transformers):
     torch.manual_seed(0)
-    hf_config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=3, n_head=4,
-                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf_config = transformers.GPT2Config(
+        vocab_size=97, n_positions=32, n_embd=32, n_layer=3, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     hf_model = transformers.GPT2LMHeadModel(hf_config).eval()
     with torch.no_grad():  # HF zero-initialises biases and sets LayerNorms to 1/0: randomise them all
         for p in hf_model.parameters():
@@ -171,16 +186,18 @@ def test_from_hf_gives_the_same_greedy_continuation(hf_pair, use_cache):
     hf_model, model = hf_pair
     idx = torch.randint(97, (2, 5))
     ours = generate(model, idx, 20, temperature=0, use_cache=use_cache)
-    theirs = hf_model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False,
-                               pad_token_id=0)
+    theirs = hf_model.generate(
+        idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False, pad_token_id=0
+    )
     assert torch.equal(ours, theirs)
 
 
-def test_from_hf_rejects_other_models_and_unsupported_configs():
+def test_from_hf_rejects_other_models_and_unsupported_configs(transformers):
     with pytest.raises(TypeError, match="GPT2LMHeadModel"):
         GPT.from_hf(torch.nn.Linear(2, 2))
-    hf_config = transformers.GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2,
-                                        activation_function="relu")
+    hf_config = transformers.GPT2Config(
+        vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2, activation_function="relu"
+    )
     with pytest.raises(ValueError, match="activation_function"):
         GPT.from_hf(transformers.GPT2LMHeadModel(hf_config))
 

@@ -9,13 +9,19 @@ import pytest
 import torch
 
 from gptcourse.model import GPT, MLP, GPTConfig
-from gptcourse.moe import (MoE, active_params, capacity_keep, expert_capacity, load_balancing_loss,
-                           moe_dense_reference, top_k_gates)
+from gptcourse.moe import (
+    MoE,
+    active_params,
+    capacity_keep,
+    expert_capacity,
+    load_balancing_loss,
+    moe_dense_reference,
+    top_k_gates,
+)
 
 
 def config(**kw) -> GPTConfig:
-    base = dict(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16, ffn="moe", n_expert=4,
-                expert_top_k=2)
+    base = dict(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16, ffn="moe", n_expert=4, expert_top_k=2)
     return GPTConfig(**{**base, **kw})
 
 
@@ -136,8 +142,10 @@ def test_routing_statistics_stay_on_the_device_until_read():
     assert moe.tokens_per_expert.sum().item() == 2 * 8 * 2  # N * k assignments, counted before drops
 
 
-@pytest.mark.parametrize("field,value", [("n_expert", 1), ("expert_top_k", 5), ("capacity_factor", 0.0),
-                                         ("moe_aux_weight", -1.0), ("expert_hidden", 0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("n_expert", 1), ("expert_top_k", 5), ("capacity_factor", 0.0), ("moe_aux_weight", -1.0), ("expert_hidden", 0)],
+)
 def test_config_rejects_bad_moe_settings(field, value):
     with pytest.raises(ValueError, match=field):
         config(**{field: value})

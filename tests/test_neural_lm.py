@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcourse.neural_lm import (BigramLM, MLPLM, context_windows, cross_entropy, evaluate, fit,
-                                 perplexity, train_step)
+from gptcourse.neural_lm import MLPLM, BigramLM, context_windows, cross_entropy, evaluate, fit, perplexity, train_step
 
 
 def test_context_windows_each_position_predicts_the_next():

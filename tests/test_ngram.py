@@ -9,14 +9,25 @@ from collections import Counter
 import pytest
 import torch
 
-from gptcourse.ngram import (NGramModel, ZeroProbabilityWarning, count_ngrams, log_prob, ngrams, perplexity,
-                             smoothed_probs, unseen_fraction)
+from gptcourse.ngram import (
+    NGramModel,
+    ZeroProbabilityWarning,
+    count_ngrams,
+    log_prob,
+    ngrams,
+    perplexity,
+    smoothed_probs,
+    unseen_fraction,
+)
 
 
 def test_count_ngrams_by_hand():
     assert count_ngrams("abab", 2) == {("a",): Counter({"b": 2}), ("b",): Counter({"a": 1})}
-    assert count_ngrams("abcab", 3) == {("a", "b"): Counter({"c": 1}), ("b", "c"): Counter({"a": 1}),
-                                        ("c", "a"): Counter({"b": 1})}
+    assert count_ngrams("abcab", 3) == {
+        ("a", "b"): Counter({"c": 1}),
+        ("b", "c"): Counter({"a": 1}),
+        ("c", "a"): Counter({"b": 1}),
+    }
     assert count_ngrams("aab", 1) == {(): Counter({"a": 2, "b": 1})}
     assert count_ngrams("ab", 3) == {}
 
@@ -59,7 +70,7 @@ def test_probabilities_sum_to_one_and_agree(n, k):
     rng = random.Random(n)
     tokens = [rng.choice("abcde") for _ in range(300)]
     model = NGramModel(n, k).fit(tokens, vocab=list("abcdefg"))  # f, g never occur
-    for context in [tuple(tokens[i:i + n - 1]) for i in range(0, 200, 37)] + [("g",) * (n - 1)]:
+    for context in [tuple(tokens[i : i + n - 1]) for i in range(0, 200, 37)] + [("g",) * (n - 1)]:
         probs = model.probs(context)
         assert probs.shape == (7,) and (probs >= 0).all()
         assert math.isclose(probs.sum().item(), 1.0, rel_tol=1e-12)
@@ -135,21 +146,24 @@ def test_sample_frequencies_match_probabilities():
         assert abs(draws[w] / 4000 - p) < 0.04
 
 
-@pytest.mark.parametrize("make", [
-    lambda: NGramModel(0),
-    lambda: NGramModel(2.5),
-    lambda: NGramModel(2, k=-1),
-    lambda: NGramModel(2, k=float("nan")),
-    lambda: NGramModel(3).fit("ab"),
-    lambda: NGramModel(2).fit("ab", vocab=["a"]),
-    lambda: NGramModel(2).fit("ab").prob("a", "z"),
-    lambda: NGramModel(3).fit("abc").prob("a", "b"),
-    lambda: NGramModel(3).fit("abc").sample(5, prompt="a"),
-    lambda: NGramModel(2).fit("abc").perplexity("a"),
-    lambda: smoothed_probs({"z": 1}, ["a"], 1),
-    lambda: smoothed_probs({}, [], 1),
-    lambda: unseen_fraction("abc", "a", 2),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: NGramModel(0),
+        lambda: NGramModel(2.5),
+        lambda: NGramModel(2, k=-1),
+        lambda: NGramModel(2, k=float("nan")),
+        lambda: NGramModel(3).fit("ab"),
+        lambda: NGramModel(2).fit("ab", vocab=["a"]),
+        lambda: NGramModel(2).fit("ab").prob("a", "z"),
+        lambda: NGramModel(3).fit("abc").prob("a", "b"),
+        lambda: NGramModel(3).fit("abc").sample(5, prompt="a"),
+        lambda: NGramModel(2).fit("abc").perplexity("a"),
+        lambda: smoothed_probs({"z": 1}, ["a"], 1),
+        lambda: smoothed_probs({}, [], 1),
+        lambda: unseen_fraction("abc", "a", 2),
+    ],
+)
 def test_bad_input_raises_value_error(make):
     with pytest.raises(ValueError):
         make()

@@ -10,10 +10,15 @@ from gptcourse import __version__, labs, outputs
 
 
 def _notebook(tmp_path, printed: str | None = None):
-    nb = labs.with_header(nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# A chapter\n\nSome prose."),
-        nbformat.v4.new_code_cell("print(size)"),
-    ]), "chapters/99_x.ipynb")
+    nb = labs.with_header(
+        nbformat.v4.new_notebook(
+            cells=[
+                nbformat.v4.new_markdown_cell("# A chapter\n\nSome prose."),
+                nbformat.v4.new_code_cell("print(size)"),
+            ]
+        ),
+        "chapters/99_x.ipynb",
+    )
     if printed is not None:
         setup = next(c for c in nb.cells if labs.SETUP_TAG in c.metadata.get("tags", []))
         setup.outputs = [nbformat.v4.new_output("stream", text=printed)]
@@ -83,10 +88,14 @@ def test_committed_outputs_come_from_one_real_run_in_order(path):
     before it became a cell of its own kept their outputs); if it ran, it ran first."""
     nb = nbformat.read(path, as_version=4)
     install = [c.execution_count for c in nb.cells if labs.INSTALL_TAG in c.metadata.get("tags", [])]
-    counts = [c.execution_count for c in nb.cells
-              if c.cell_type == "code" and labs.INSTALL_TAG not in c.metadata.get("tags", [])]
+    counts = [
+        c.execution_count
+        for c in nb.cells
+        if c.cell_type == "code" and labs.INSTALL_TAG not in c.metadata.get("tags", [])
+    ]
     first = 1 if install in ([], [None]) else 2
     assert install in ([], [None], [1]), f"{path.name}: the install cell ran as cell {install}, not first"
-    assert counts == list(range(first, first + len(counts))), \
+    assert counts == list(range(first, first + len(counts))), (
         f"{path.name}: execution counts {counts} are not in order; run `python -m gptcourse.outputs {path}`"
+    )
     assert outputs.committed_size(nb) in ("cpu", "gpu"), f"{path.name}: its device line is not a cpu or gpu run"

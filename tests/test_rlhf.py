@@ -71,8 +71,9 @@ def test_reward_model_learns_the_labellers_preferences():
     policy = tiny_gpt()
     prompts = [p for p, _ in rlhf.instruction_set(rlhf.random_words(8, seed=0))]
     comparisons = rlhf.collect_comparisons(policy, prompts, k=4)
-    assert comparisons and all(rlhf.labeller_score(c.prompt, c.chosen) > rlhf.labeller_score(c.prompt, c.rejected)
-                               for c in comparisons)
+    assert comparisons and all(
+        rlhf.labeller_score(c.prompt, c.chosen) > rlhf.labeller_score(c.prompt, c.rejected) for c in comparisons
+    )
     rm = rlhf.RewardModel(tiny_gpt(1))
     assert rlhf.preference_accuracy(rm, comparisons) == 0.0  # zero-initialised head: every reward ties
     rlhf.train_reward_model(rm, comparisons, steps=40, lr=3e-3, progress=False)
@@ -123,8 +124,17 @@ def test_ppo_raises_a_reward_that_prefers_short_answers():
     policy = tiny_gpt()
     prompts = [p for p, _ in rlhf.instruction_set(rlhf.random_words(10, seed=0))]
     rlhf.sft(policy, rlhf.instruction_set(rlhf.random_words(10, seed=0)), steps=20, lr=3e-3, progress=False)
-    history = rlhf.ppo(policy, copy.deepcopy(policy), ShortIsGood(), prompts, iterations=15, batch_size=16,
-                       lr=3e-3, beta=0.0, progress=False)
+    history = rlhf.ppo(
+        policy,
+        copy.deepcopy(policy),
+        ShortIsGood(),
+        prompts,
+        iterations=15,
+        batch_size=16,
+        lr=3e-3,
+        beta=0.0,
+        progress=False,
+    )
     assert len(history.reward) == len(history.kl) == len(history.true_score) == 15
     assert sum(history.reward[-5:]) / 5 > sum(history.reward[:5]) / 5
 
@@ -167,11 +177,18 @@ def test_comparison_logprobs_are_sums_of_response_logprobs():
 
 def test_dpo_lowers_its_loss_and_raises_the_margin():
     policy = tiny_gpt()
-    rlhf.sft(policy, [(c.prompt, r) for c in _toy_comparisons() for r in (c.chosen, c.rejected)], steps=30,
-             batch_size=16, lr=3e-3, progress=False)
+    rlhf.sft(
+        policy,
+        [(c.prompt, r) for c in _toy_comparisons() for r in (c.chosen, c.rejected)],
+        steps=30,
+        batch_size=16,
+        lr=3e-3,
+        progress=False,
+    )
     reference = copy.deepcopy(policy)
-    history = rlhf.dpo(policy, reference, _toy_comparisons(), steps=30, batch_size=16, lr=3e-3, beta=0.1,
-                       progress=False)
+    history = rlhf.dpo(
+        policy, reference, _toy_comparisons(), steps=30, batch_size=16, lr=3e-3, beta=0.1, progress=False
+    )
     assert len(history.loss) == len(history.margin) == len(history.accuracy) == 30
     assert history.loss[0] == pytest.approx(math.log(2), abs=1e-5)  # the first step starts at the reference
     assert sum(history.loss[-5:]) / 5 < 0.5 * history.loss[0]

@@ -16,8 +16,13 @@ def test_presets_and_the_command_line(shakespeare, capsys, monkeypatch):
     with pytest.raises(ValueError, match="unknown preset"):
         run.preset("shakespeare-word", "cpu")
     model_kw, train_kw = run.preset("shakespeare-char", "gpu")  # nanoGPT's char config
-    assert (model_kw["n_layer"], model_kw["n_head"], model_kw["n_embd"], model_kw["block_size"],
-            train_kw["batch_size"]) == (6, 6, 384, 256, 64)
+    assert (
+        model_kw["n_layer"],
+        model_kw["n_head"],
+        model_kw["n_embd"],
+        model_kw["block_size"],
+        train_kw["batch_size"],
+    ) == (6, 6, 384, 256, 64)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert run.main(["--preset", "shakespeare-char", "--size", "smoke", "--sample-tokens", "20"]) == 0
     out = capsys.readouterr().out
@@ -56,8 +61,10 @@ def test_pretrained_trains_once_then_loads_the_same_model(shakespeare, tmp_path,
     monkeypatch.setenv(run.CHECKPOINT_ENV, str(tmp_path))
     first = run.pretrained("shakespeare-char", "smoke", "cpu")
     assert first.trained and first.path.is_file() and "training preset" in capsys.readouterr().out
-    assert not first.model.training and len(first.history.train_loss) == run.preset("shakespeare-char", "smoke")[1][
-        "max_steps"]
+    assert (
+        not first.model.training
+        and len(first.history.train_loss) == run.preset("shakespeare-char", "smoke")[1]["max_steps"]
+    )
     again = run.pretrained("shakespeare-char", "smoke", "cpu")
     assert not again.trained and again.path == first.path and again.history == first.history
     for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values(), strict=True):

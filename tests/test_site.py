@@ -109,8 +109,9 @@ def html_dir() -> Path:
     jb = Path(sys.executable).parent / "jupyter-book"
     if not jb.exists():
         _unavailable("jupyter-book is not installed (pip install -e '.[test]')")
-    build = subprocess.run([str(jb), "build", "-W", "-n", "--keep-going", "."], cwd=ROOT,
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        [str(jb), "build", "-W", "-n", "--keep-going", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert build.returncode == 0, f"the book build failed (make book):\n{build.stdout[-6000:]}\n{build.stderr[-3000:]}"
     return HTML
 
@@ -138,8 +139,14 @@ def browser():
         _unavailable("selenium is not installed (pip install -e '.[test]')")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
@@ -157,7 +164,7 @@ class _Ids(html.parser.HTMLParser):
         self.ids.update(value for name, value in attrs if name in ("id", "name") and value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fetch(url: str) -> tuple[int, frozenset[str]]:
     """HTTP status of a same-site URL and, for HTML, the ids its elements carry."""
     try:
@@ -183,7 +190,8 @@ def test_page_in_a_real_browser(page, site, browser, html_dir):
     browser.get_log("browser")  # drop anything left from the previous page
     browser.get(url)
     WebDriverWait(browser, 30).until(  # the index redirects to the first page: wait for where it lands
-        lambda b: b.execute_script("return document.readyState") == "complete" and b.current_url.startswith(base))
+        lambda b: b.execute_script("return document.readyState") == "complete" and b.current_url.startswith(base)
+    )
     assert (html_dir / (page + ".html")).is_file(), f"{page}.html was not built"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / (page.replace("/", "__") + ".png")
@@ -197,7 +205,9 @@ def test_page_in_a_real_browser(page, site, browser, html_dir):
     problems += [f"missing resource: {m}" for m in missing if not m.endswith(" /favicon.ico")]
     broken = browser.execute_script(
         "return Array.from(document.images).filter(i => i.src.startsWith(arguments[0])"
-        " && !(i.complete && i.naturalWidth > 0)).map(i => i.src)", base)
+        " && !(i.complete && i.naturalWidth > 0)).map(i => i.src)",
+        base,
+    )
     problems += [f"broken image: {src}" for src in broken]
     links = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
     for link in sorted(set(links)):
@@ -217,8 +227,9 @@ def test_page_in_a_real_browser(page, site, browser, html_dir):
         expected = labs.colab_url(source.relative_to(ROOT).as_posix())
         assert badge is not None and expected in badge.source, f"{page}: its badge does not point at {expected}"
         buttons = browser.execute_script(
-            "return Array.from(document.querySelectorAll('.header-article a[href*=\"colab.research.google.com\"],"
-            " .dropdown-launch-buttons a[href*=\"colab.research.google.com\"]')).map(a => a.href)")
+            'return Array.from(document.querySelectorAll(\'.header-article a[href*="colab.research.google.com"],'
+            ' .dropdown-launch-buttons a[href*="colab.research.google.com"]\')).map(a => a.href)'
+        )
         if expected not in buttons:
             problems.append(f"no Colab launch button to {expected} (found {buttons})")
         # reading first: the install cell is off every page, and a chapter opens with its prose
@@ -226,12 +237,14 @@ def test_page_in_a_real_browser(page, site, browser, html_dir):
             "const art = document.querySelector('article.bd-article');"
             "const blocks = Array.from(art.querySelectorAll('p, div.cell'))"
             ".filter(b => b.textContent.trim() && !b.querySelector('img[src*=\"colab-badge\"]'));"
-            "return [blocks.length ? blocks[0].tagName : null, art.textContent.includes('pip\", \"install')]")
+            "return [blocks.length ? blocks[0].tagName : null, art.textContent.includes('pip\", \"install')]"
+        )
         if page.startswith("chapters/") and first != "P":
             problems.append(f"the first visible block is {first!r}, not a paragraph of prose")
         if has_install:
-            problems.append("the Colab install cell is shown on the page (it should carry the tag "
-                            f"{labs.BOOK_REMOVE_TAG!r})")
+            problems.append(
+                f"the Colab install cell is shown on the page (it should carry the tag {labs.BOOK_REMOVE_TAG!r})"
+            )
     assert not problems, f"{page} (screenshot {shot.relative_to(ROOT)}):\n" + "\n".join(problems)
 
 
@@ -249,5 +262,5 @@ def test_every_widget_has_a_static_figure_beside_it(page):
 
     for i, cell in enumerate(cells):
         if any(map(is_widget, cell.outputs)):
-            near = cells[max(i - 1, 0): i + 2]
+            near = cells[max(i - 1, 0) : i + 2]
             assert any(map(has_image, near)), f"{page}: the widget in code cell {i} has no figure beside it"

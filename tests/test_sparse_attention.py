@@ -9,8 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcourse.attention import (KVCache, attended_pairs, attention, causal_mask, fixed_mask, local_attention,
-                                 local_mask, sparse_mask, strided_mask)
+from gptcourse.attention import (
+    KVCache,
+    attended_pairs,
+    attention,
+    causal_mask,
+    fixed_mask,
+    local_attention,
+    local_mask,
+    sparse_mask,
+    strided_mask,
+)
 from gptcourse.model import GPT, GPTConfig
 
 
@@ -32,8 +41,7 @@ def test_strided_mask_is_band_plus_every_stride_back(T, S, stride):
 
 @pytest.mark.parametrize("T,S,stride,summary", [(1, 1, 1, 1), (12, 12, 3, 1), (5, 17, 4, 2), (16, 16, 16, 1)])
 def test_fixed_mask_is_own_block_plus_the_summary_positions_of_earlier_blocks(T, S, stride, summary):
-    expected = brute_force(T, S, lambda i, j: i >= j and (i // stride == j // stride
-                                                          or j % stride >= stride - summary))
+    expected = brute_force(T, S, lambda i, j: i >= j and (i // stride == j // stride or j % stride >= stride - summary))
     assert torch.equal(fixed_mask(T, stride, S, summary=summary), expected)
     assert torch.equal(fixed_mask(9, 9, summary=9), causal_mask(9))  # one block, or all summaries: dense
 
@@ -43,7 +51,7 @@ def test_masks_for_cached_queries_are_the_last_rows(pattern):
     S = 20
     full = sparse_mask(pattern, S, window=4, stride=5)
     for T in (1, 3, S):
-        assert torch.equal(sparse_mask(pattern, T, S, window=4, stride=5), full[S - T:])
+        assert torch.equal(sparse_mask(pattern, T, S, window=4, stride=5), full[S - T :])
 
 
 def test_wide_patterns_are_the_causal_mask():
@@ -142,5 +150,5 @@ def test_sparse_gpt_decodes_with_a_cache_as_without(attention_kind):
     idx = torch.randint(0, 13, (2, 20))
     full, _ = model(idx)
     cache = KVCache(model.config.n_layer)
-    pieces = [model(idx[:, :7], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(7, 20)]
+    pieces = [model(idx[:, :7], cache=cache)[0]] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(7, 20)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)

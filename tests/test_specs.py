@@ -28,7 +28,7 @@ def test_spec_audits_clean(exercise):
 
 @pytest.mark.parametrize("lab", harness.LABS)
 def test_graded_cells_match_the_table(lab):
-    path, = labs.ROOT.joinpath("solutions").glob(f"{lab}_*.ipynb")
+    (path,) = labs.ROOT.joinpath("solutions").glob(f"{lab}_*.ipynb")
     cells = labs.graded_cells(nbformat.read(path, as_version=4))
     named = [(c.metadata["gptcourse"]["exercise"], float(c.metadata["gptcourse"]["points"])) for c in cells]
     assert named == [(s.id, s.points) for s in harness.lab_specs(lab)]

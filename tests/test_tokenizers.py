@@ -87,7 +87,24 @@ def test_trained_tokenizer_compresses_and_respects_the_pre_split(trained, shakes
     assert len(heldout.encode("utf-8")) / len(ids) > 1.5  # merges do compress held-out text
     assert len(trained.encode(shakespeare[:50_000])) == trained.train_tokens[-1]
     # no merge crosses a chunk boundary: no token has a letter followed by a space
-    assert not [t for t in trained.vocab.values() if any(a.isalpha() and b == " " for a, b in zip(t.decode("latin-1"), t.decode("latin-1")[1:]))]
+    assert not [
+        t
+        for t in trained.vocab.values()
+        if any(a.isalpha() and b == " " for a, b in zip(t.decode("latin-1"), t.decode("latin-1")[1:]))
+    ]
+
+
+def test_encode_merges_each_distinct_chunk_once_per_call(monkeypatch):
+    tok = BPETokenizer().train("the cat the hat the cat " * 20, 256 + 10)
+    text = "the cat the cat the hat"  # chunks: the, ␣cat, ␣the, ␣cat, ␣the, ␣hat
+    expected = [i for chunk in tok._chunks(text) for i in tok._encode_chunk(chunk.encode("utf-8"))]
+    calls = []
+    real = tok._encode_chunk
+    monkeypatch.setattr(tok, "_encode_chunk", lambda chunk: calls.append(chunk) or real(chunk))
+    assert tok.encode(text) == expected
+    assert sorted(calls) == sorted({b"the", b" cat", b" the", b" hat"})  # 4 distinct of 6 chunks
+    tok.encode(text)
+    assert len(calls) == 8  # the cache lives for one call: a second call merges again
 
 
 def test_training_without_a_pattern_and_running_out_of_pairs():
@@ -131,7 +148,7 @@ CORPUS = SAMPLE_TEXTS + [
     "'s 've 're 'll 'd 'm 't I'm DON'T you'RE",
     "1234567890 9999999999999 3.141592653589793 1/3 ½ ١٢٣ ٣",
     "x=1;y=2\r\nif x>y:return{x:y}",
-    "<html><body class=\"main\">Hello &amp; goodbye</body></html>",
+    '<html><body class="main">Hello &amp; goodbye</body></html>',
     "SolidGoldMagikarp  petertodd ' davidjl",
     "繁體中文與简体中文混合，包括標點符號。🙂 emoji 👨‍👩‍👧‍👦 family",
     "\u200b zero width \ufeff bom \u00a0 nbsp \u3000 ideographic space",

@@ -22,7 +22,7 @@ def tiny_model(seed: int = 0, dropout: float = 0.0) -> GPT:
 
 def tiny_data(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     data = torch.randint(0, 17, (n,), generator=torch.Generator().manual_seed(seed))
-    return data[: n * 9 // 10], data[n * 9 // 10:]
+    return data[: n * 9 // 10], data[n * 9 // 10 :]
 
 
 def cfg(**kw) -> TrainConfig:
@@ -41,9 +41,20 @@ def test_lr_schedule_warms_up_linearly_from_step_0_then_decays_by_cosine_to_min_
     assert lr_at(100, TrainConfig(max_steps=100, lr=2.0)) == pytest.approx(0.2)  # min_lr None -> lr / 10
 
 
-@pytest.mark.parametrize("kw", [dict(max_steps=0), dict(batch_size=-1), dict(lr=0.0), dict(warmup_steps=-1),
-                                dict(min_lr=2.0), dict(grad_clip=-1.0), dict(grad_accum_steps=0),
-                                dict(precision="fp8"), dict(eval_iters=1.5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_steps=0),
+        dict(batch_size=-1),
+        dict(lr=0.0),
+        dict(warmup_steps=-1),
+        dict(min_lr=2.0),
+        dict(grad_clip=-1.0),
+        dict(grad_accum_steps=0),
+        dict(precision="fp8"),
+        dict(eval_iters=1.5),
+    ],
+)
 def test_train_config_rejects_bad_values_naming_the_field(kw):
     name = next(iter(kw))
     with pytest.raises(ValueError, match=name if name != "min_lr" else "min_lr"):
@@ -57,8 +68,9 @@ def test_only_2d_parameters_are_weight_decayed():
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
-    assert {id(p) for p in plain["params"]} == {id(p) for n, p in model.named_parameters()
-                                                if n.endswith("bias") or ".ln_" in n}
+    assert {id(p) for p in plain["params"]} == {
+        id(p) for n, p in model.named_parameters() if n.endswith("bias") or ".ln_" in n
+    }
 
 
 def test_accumulated_gradients_equal_the_full_batch_gradient():
@@ -177,8 +189,11 @@ def test_flops_per_token_matches_pytorchs_flop_counter():
 @pytest.mark.parametrize("ffn", ["mlp", "moe"])
 def test_flops_per_token_and_mfu_count_the_active_parameters_by_hand(ffn, monkeypatch):
     V, T_, C, L, E, k = 17, 8, 16, 2, 4, 1
-    model = GPT(GPTConfig(vocab_size=V, block_size=T_, n_layer=L, n_head=2, n_embd=C, bias=False,
-                          ffn=ffn, n_expert=E, expert_top_k=k))
+    model = GPT(
+        GPTConfig(
+            vocab_size=V, block_size=T_, n_layer=L, n_head=2, n_embd=C, bias=False, ffn=ffn, n_expert=E, expert_top_k=k
+        )
+    )
     mlp = 8 * C * C  # C -> 4C -> C, no biases
     # per layer: 2 LayerNorm gains, q k v and the output projection, then the MLP or the router
     # and E expert MLPs; plus token and position embeddings (tied with the output) and ln_f

@@ -39,8 +39,9 @@ def check(exercise_id: str, answer: Any, seed: int | None = None) -> None:
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     verdict = harness.judge(spec, seed, harness.attempt(spec, answer, seed))
     print(verdict.report(spec.name))
-    RESULTS[exercise_id] = verdict.status if verdict.status in ("passed", "not implemented") else \
-        f"failed: {verdict.message}"
+    RESULTS[exercise_id] = (
+        verdict.status if verdict.status in ("passed", "not implemented") else f"failed: {verdict.message}"
+    )
     if verdict.status == "not implemented":
         raise NotImplementedError(f"{spec.name} is not written yet")
     if verdict.status != "passed":
@@ -59,5 +60,11 @@ def check_all() -> None:
         detail = "" if outcome in marks else "  " + outcome.split(": ", 1)[-1].splitlines()[0]
         print(f"{mark:<8}  {exercise_id:<{width}}{detail}")
     passed = sum(outcome == "passed" for outcome in RESULTS.values())
-    print(f"{passed} of {len(RESULTS)} exercises passed" + (" -- well done!" if passed == len(RESULTS) else
-          ". Scroll up to a FAILED cell: its message says what was wrong."))
+    print(
+        f"{passed} of {len(RESULTS)} exercises passed"
+        + (
+            " -- well done!"
+            if passed == len(RESULTS)
+            else ". Scroll up to a FAILED cell: its message says what was wrong."
+        )
+    )

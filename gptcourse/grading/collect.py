@@ -40,9 +40,11 @@ def _resolve(dotted: str) -> tuple[Any, str, Any]:
 def _raiser(dotted: str) -> Any:
     """A function whose code raises :class:`ForbiddenReference`; it looks nothing up in its globals,
     since its code runs with the globals of the function it replaces."""
-    source = (f"def forbidden(*args, **kwargs):\n"
-              f"    raise __import__('gptcourse.grading.collect', fromlist=['_']).ForbiddenReference("
-              f"{dotted + ' is the course reference; this exercise asks for your own code'!r})")
+    source = (
+        f"def forbidden(*args, **kwargs):\n"
+        f"    raise __import__('gptcourse.grading.collect', fromlist=['_']).ForbiddenReference("
+        f"{dotted + ' is the course reference; this exercise asks for your own code'!r})"
+    )
     namespace: dict[str, Any] = {}
     exec(source, namespace)
     return namespace["forbidden"]

@@ -91,8 +91,10 @@ class Verdict:
         if self.status == "passed":
             return f"PASSED {self.exercise}"
         if self.status == "not implemented":
-            return (f"NOT DONE {self.exercise}: {name} still raises NotImplementedError.\n"
-                    "Hint: replace `raise NotImplementedError()` with your code, run that cell, then this one.")
+            return (
+                f"NOT DONE {self.exercise}: {name} still raises NotImplementedError.\n"
+                "Hint: replace `raise NotImplementedError()` with your code, run that cell, then this one."
+            )
         lines = [f"FAILED {self.exercise}: {self.message}"]
         if self.hint:
             lines.append(f"Hint: {self.hint}")
@@ -119,15 +121,22 @@ def judge(spec: Spec, seed: int, outcomes: list[Any]) -> Verdict:
         outcome = outcomes[i]
         if not isinstance(outcome, dict) or len(outcome) != 1:
             return Verdict(spec.id, "no result", f"a malformed reply for {where}", seed=seed)
-        (kind, payload), = outcome.items()
+        ((kind, payload),) = outcome.items()
         if kind == "not_implemented":
             return Verdict(spec.id, "not implemented", f"{spec.name} raises NotImplementedError (not written yet)")
         if kind in ("error", "answer_error"):
             status = "error" if kind == "error" else "failed"
             message = f"{where} raised {payload}" if kind == "error" else f"{where}: {payload}"
-            return Verdict(spec.id, status, message, "the message names what went wrong; the traceback is "
-                           f"easiest to read by calling {spec.name} yourself on such an input." if kind == "error"
-                           else spec.hint, seed)
+            return Verdict(
+                spec.id,
+                status,
+                message,
+                "the message names what went wrong; the traceback is "
+                f"easiest to read by calling {spec.name} yourself on such an input."
+                if kind == "error"
+                else spec.hint,
+                seed,
+            )
         if kind != "ok":
             return Verdict(spec.id, "no result", f"a malformed reply for {where}", seed=seed)
         try:
@@ -172,6 +181,8 @@ def audit(spec: Spec, seeds: tuple[int, ...] = AUDIT_SEEDS) -> list[str]:
             if verdict.status == "passed":
                 problems.append(f"{spec.id} seed {seed}: misconception {m.name!r} passes")
             elif verdict.misconception != m.name:
-                problems.append(f"{spec.id} seed {seed}: misconception {m.name!r} is reported as "
-                                f"{verdict.misconception or verdict.status!r} ({verdict.message})")
+                problems.append(
+                    f"{spec.id} seed {seed}: misconception {m.name!r} is reported as "
+                    f"{verdict.misconception or verdict.status!r} ({verdict.message})"
+                )
     return problems

@@ -50,14 +50,17 @@ def _kind(value: Any) -> str:
 
 # --- Exercise 1: counting n-grams ------------------------------------------------------------------------
 
+
 def count_cases(g: torch.Generator) -> list[Case]:
     # first and last predictions differ, so that dropping either one shows as itself
-    cases = [Case("a short string, n = 2", ("abcbca", 2)),
-             Case("the lab's example", ("abab", 2)),
-             Case("n = 1: the empty context ()", (_random_tokens(g, 12)[0], 1)),
-             Case("int ids, n = 3", (torch.randint(4, (20,), generator=g).tolist(), 3)),
-             Case("exactly n tokens: one prediction", ("dcba", 4)),
-             Case("fewer than n tokens: nothing to count", ("ab", 3))]
+    cases = [
+        Case("a short string, n = 2", ("abcbca", 2)),
+        Case("the lab's example", ("abab", 2)),
+        Case("n = 1: the empty context ()", (_random_tokens(g, 12)[0], 1)),
+        Case("int ids, n = 3", (torch.randint(4, (20,), generator=g).tolist(), 3)),
+        Case("exactly n tokens: one prediction", ("dcba", 4)),
+        Case("fewer than n tokens: nothing to count", ("ab", 3)),
+    ]
     for i in range(4):
         n = _randint(g, 1, 4)
         cases.append(Case(f"random tokens {i + 1}", (_random_tokens(g, _randint(g, n, 40))[0], n)))
@@ -88,11 +91,16 @@ def compare_counts(got: Any, expected: Any, case: Case) -> str | None:
         return f"returned {_kind(got)}, expected a dict"
     for context in got:
         if not isinstance(context, tuple):
-            return (f"has the context {context!r} ({_kind(context)}); contexts are tuples of tokens, "
-                    "like ('a', 'b'), so that a context of any length is one key")
+            return (
+                f"has the context {context!r} ({_kind(context)}); contexts are tuples of tokens, "
+                "like ('a', 'b'), so that a context of any length is one key"
+            )
         if len(context) != n - 1:
-            size = "every context is the empty tuple ()" if n == 1 else \
-                f"a context is the {n - 1} token(s) before the predicted one"
+            size = (
+                "every context is the empty tuple ()"
+                if n == 1
+                else f"a context is the {n - 1} token(s) before the predicted one"
+            )
             return f"has the context {context!r} of {len(context)} token(s); with n={n} {size}"
     for context, following in expected.items():
         if context not in got:
@@ -103,7 +111,9 @@ def compare_counts(got: Any, expected: Any, case: Case) -> str | None:
     return f"has the context {extra!r}, which never occurs before a token"
 
 
-def _count(tokens: Sequence[Hashable], start: int, stop: int, context: Callable[[Sequence[Hashable], int], Any]) -> dict:
+def _count(
+    tokens: Sequence[Hashable], start: int, stop: int, context: Callable[[Sequence[Hashable], int], Any]
+) -> dict:
     """Counts of the tokens at positions ``start`` to ``stop - 1``, each under ``context(tokens, i)``."""
     counts: dict = {}
     for i in range(start, stop):
@@ -112,36 +122,53 @@ def _count(tokens: Sequence[Hashable], start: int, stop: int, context: Callable[
 
 
 COUNTS = Spec(
-    id="lab01.counts", points=2, name="count_ngrams", reference=ngram.count_ngrams, cases=count_cases,
-    run=run_counts, compare=compare_counts, forbidden=("gptcourse.ngram.count_ngrams", "gptcourse.ngram.ngrams"),
+    id="lab01.counts",
+    points=2,
+    name="count_ngrams",
+    reference=ngram.count_ngrams,
+    cases=count_cases,
+    run=run_counts,
+    compare=compare_counts,
+    forbidden=("gptcourse.ngram.count_ngrams", "gptcourse.ngram.ngrams"),
     hint="every position from n - 1 to the end is one prediction: its context is the tuple of the n - 1 tokens "
-         "before it, and the token at that position is what gets counted",
+    "before it, and the token at that position is what gets counted",
     misconceptions=(
-        Misconception("contexts not tuples",
-                      lambda t, n: _count(t, n - 1, len(t), lambda t, i: t[i - n + 1:i]),
-                      "a slice of a string is a string, not a tuple: a context is the tuple of its tokens, so "
-                      "that characters and integer ids are handled alike"),
-        Misconception("last position not counted",
-                      lambda t, n: _count(t, n - 1, len(t) - 1, lambda t, i: tuple(t[i - n + 1:i])),
-                      "the last token of the sequence is predicted too: the positions run up to and including "
-                      "len(tokens) - 1, so the counts add up to len(tokens) - n + 1"),
-        Misconception("first prediction skipped",
-                      lambda t, n: _count(t, n, len(t), lambda t, i: tuple(t[i - n + 1:i])),
-                      "the first prediction is at position n - 1 (the first token with n - 1 tokens before it), "
-                      "so the counts add up to len(tokens) - n + 1"),
-        Misconception("predicted token in the context",
-                      lambda t, n: _count(t, n - 1, len(t), lambda t, i: tuple(t[i - n + 1:i + 1])),
-                      "the context is the n - 1 tokens before the predicted one; the predicted token itself is "
-                      "what the Counter counts"),
-        Misconception("n = 1 context is the whole prefix",
-                      lambda t, n: _count(t, n - 1, len(t), lambda t, i: tuple(t[:i][-(n - 1):])),
-                      "for n = 1 the context is the empty tuple (): a slice that starts at -(n - 1) = -0 starts at "
-                      "the beginning, so it takes every token before the position"),
+        Misconception(
+            "contexts not tuples",
+            lambda t, n: _count(t, n - 1, len(t), lambda t, i: t[i - n + 1 : i]),
+            "a slice of a string is a string, not a tuple: a context is the tuple of its tokens, so "
+            "that characters and integer ids are handled alike",
+        ),
+        Misconception(
+            "last position not counted",
+            lambda t, n: _count(t, n - 1, len(t) - 1, lambda t, i: tuple(t[i - n + 1 : i])),
+            "the last token of the sequence is predicted too: the positions run up to and including "
+            "len(tokens) - 1, so the counts add up to len(tokens) - n + 1",
+        ),
+        Misconception(
+            "first prediction skipped",
+            lambda t, n: _count(t, n, len(t), lambda t, i: tuple(t[i - n + 1 : i])),
+            "the first prediction is at position n - 1 (the first token with n - 1 tokens before it), "
+            "so the counts add up to len(tokens) - n + 1",
+        ),
+        Misconception(
+            "predicted token in the context",
+            lambda t, n: _count(t, n - 1, len(t), lambda t, i: tuple(t[i - n + 1 : i + 1])),
+            "the context is the n - 1 tokens before the predicted one; the predicted token itself is "
+            "what the Counter counts",
+        ),
+        Misconception(
+            "n = 1 context is the whole prefix",
+            lambda t, n: _count(t, n - 1, len(t), lambda t, i: tuple(t[:i][-(n - 1) :])),
+            "for n = 1 the context is the empty tuple (): a slice that starts at -(n - 1) = -0 starts at "
+            "the beginning, so it takes every token before the position",
+        ),
     ),
 )
 
 
 # --- Exercise 2: add-k smoothing --------------------------------------------------------------------------
+
 
 def smoothing_cases(g: torch.Generator) -> list[Case]:
     def counts(vocab: Sequence[Hashable]) -> dict:
@@ -153,11 +180,13 @@ def smoothing_cases(g: torch.Generator) -> list[Case]:
         return {w: _randint(g, 1, 20) for w, s in zip(vocab, seen.tolist()) if s}
 
     letters = list("abcdef")
-    cases = [Case("k = 1, some tokens unseen", (counts(letters), letters, 1)),
-             Case("k = 0: the relative frequencies", (counts(letters), letters, 0)),
-             Case("an unseen context with k = 0: uniform", ({}, letters, 0)),
-             Case("an unseen context with k = 0.5", ({}, list(range(4)), 0.5)),
-             Case("a small k (0.01), int tokens", (counts(list(range(7))), list(range(7)), 0.01))]
+    cases = [
+        Case("k = 1, some tokens unseen", (counts(letters), letters, 1)),
+        Case("k = 0: the relative frequencies", (counts(letters), letters, 0)),
+        Case("an unseen context with k = 0: uniform", ({}, letters, 0)),
+        Case("an unseen context with k = 0.5", ({}, list(range(4)), 0.5)),
+        Case("a small k (0.01), int tokens", (counts(list(range(7))), list(range(7)), 0.01)),
+    ]
     for i in range(3):
         vocab = _random_tokens(g, 0)[1]
         k = round(0.05 + 2.95 * float(torch.rand(1, generator=g)), 3)
@@ -165,38 +194,63 @@ def smoothing_cases(g: torch.Generator) -> list[Case]:
     return cases
 
 
-def _smoothed(next_counts: Mapping[Hashable, int], vocab: Sequence[Hashable], k: float, seen_only: bool = False,
-              with_k: bool = True, k_in_total: bool = True) -> torch.Tensor:
+def _smoothed(
+    next_counts: Mapping[Hashable, int],
+    vocab: Sequence[Hashable],
+    k: float,
+    seen_only: bool = False,
+    with_k: bool = True,
+    k_in_total: bool = True,
+) -> torch.Tensor:
     """Add-k ``(V,)`` probabilities, with k only on the seen tokens, no k at all, or no k V in the total,
     and no special case for 0 / 0."""
     k = k if with_k else 0
-    counts = torch.tensor([next_counts.get(w, 0) + (k if w in next_counts or not seen_only else 0) for w in vocab],
-                          dtype=torch.float64)
+    counts = torch.tensor(
+        [next_counts.get(w, 0) + (k if w in next_counts or not seen_only else 0) for w in vocab], dtype=torch.float64
+    )
     total = sum(next_counts.values()) + (k * (len(next_counts) if seen_only else len(vocab)) if k_in_total else 0)
     return counts / total
 
 
 SMOOTHING = Spec(
-    id="lab01.smoothing", points=2, name="smoothed_probs", reference=ngram.smoothed_probs, cases=smoothing_cases,
-    compare=close(atol=1e-6, rtol=1e-5), forbidden=("gptcourse.ngram.smoothed_probs",),
+    id="lab01.smoothing",
+    points=2,
+    name="smoothed_probs",
+    reference=ngram.smoothed_probs,
+    cases=smoothing_cases,
+    compare=close(atol=1e-6, rtol=1e-5),
+    forbidden=("gptcourse.ngram.smoothed_probs",),
     hint="P(w | c) = (count(c, w) + k) / (count(c) + k V) for every token w of vocab, in vocab's order; with no "
-         "counts and k = 0 the distribution is uniform",
+    "counts and k = 0 the distribution is uniform",
     misconceptions=(
-        Misconception("0 / 0 not handled", _smoothed,
-                      "a context never seen has no counts, so with k = 0 the formula is 0 / 0; the course gives "
-                      "every token 1 / V there (the limit of add-k as k -> 0)"),
-        Misconception("k ignored", lambda c, v, k: _smoothed(c, v, k, with_k=False),
-                      "add k to every token's count before normalising: that is what makes unseen tokens possible"),
-        Misconception("k added to the seen tokens only", lambda c, v, k: _smoothed(c, v, k, seen_only=True),
-                      "add k to every token of the vocabulary, seen or not, so the total grows by k * V"),
-        Misconception("k V missing from the total", lambda c, v, k: _smoothed(c, v, k, k_in_total=False),
-                      "the denominator is count(c) + k V: every one of the V tokens got k extra counts, so the "
-                      "probabilities sum to 1"),
+        Misconception(
+            "0 / 0 not handled",
+            _smoothed,
+            "a context never seen has no counts, so with k = 0 the formula is 0 / 0; the course gives "
+            "every token 1 / V there (the limit of add-k as k -> 0)",
+        ),
+        Misconception(
+            "k ignored",
+            lambda c, v, k: _smoothed(c, v, k, with_k=False),
+            "add k to every token's count before normalising: that is what makes unseen tokens possible",
+        ),
+        Misconception(
+            "k added to the seen tokens only",
+            lambda c, v, k: _smoothed(c, v, k, seen_only=True),
+            "add k to every token of the vocabulary, seen or not, so the total grows by k * V",
+        ),
+        Misconception(
+            "k V missing from the total",
+            lambda c, v, k: _smoothed(c, v, k, k_in_total=False),
+            "the denominator is count(c) + k V: every one of the V tokens got k extra counts, so the "
+            "probabilities sum to 1",
+        ),
     ),
 )
 
 
 # --- Exercise 3: perplexity ---------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Scorer:
@@ -213,8 +267,9 @@ class Scorer:
         return self.name
 
 
-def _fitted(g: torch.Generator, n: int, k: float, as_text: bool | None = None,
-            length: int | None = None) -> tuple[Sequence[Hashable], int, Scorer]:
+def _fitted(
+    g: torch.Generator, n: int, k: float, as_text: bool | None = None, length: int | None = None
+) -> tuple[Sequence[Hashable], int, Scorer]:
     """``(heldout tokens, n, model)``: an n-gram model fitted with add-k on other random tokens of the same
     vocabulary (characters when ``as_text``, ids when not, either when None)."""
     train, vocab = _random_tokens(g, 60)
@@ -223,20 +278,28 @@ def _fitted(g: torch.Generator, n: int, k: float, as_text: bool | None = None,
     picks = torch.randint(len(vocab), (length or _randint(g, n + 1, 30),), generator=g).tolist()
     heldout = [vocab[i] for i in picks]
     model = ngram.NGramModel(n, k).fit(train, vocab)
-    return "".join(heldout) if isinstance(train, str) else heldout, n, Scorer(f"an n={n} model, k={k}",
-                                                                                 tuple(vocab), model)
+    return (
+        "".join(heldout) if isinstance(train, str) else heldout,
+        n,
+        Scorer(f"an n={n} model, k={k}", tuple(vocab), model),
+    )
 
 
 def perplexity_cases(g: torch.Generator) -> list[Case]:
     cases = [Case("a bigram model on a string", _fitted(g, 2, 0.5, as_text=True))]
     v = _randint(g, 2, 30)
-    cases.append(Case("a uniform model: perplexity V", (list(range(v)) * 2, 2, Scorer(f"uniform over {v}",
-                                                                                         tuple(range(v))))))
+    cases.append(
+        Case("a uniform model: perplexity V", (list(range(v)) * 2, 2, Scorer(f"uniform over {v}", tuple(range(v)))))
+    )
     cases.append(Case("n = 1: no context", _fitted(g, 1, 1.0, as_text=True)))
     cases.append(Case("a trigram model on int ids", _fitted(g, 3, 0.1, as_text=False)))
     unseen = ngram.NGramModel(2, k=0).fit([0, 1, 0, 1, 0, 1])  # (1, 1) never occurs in training
-    cases.append(Case("an unseen bigram with k = 0: infinite", ([0, 1, 1, 0], 2,
-                                                                Scorer("a bigram model with k=0", (0, 1), unseen))))
+    cases.append(
+        Case(
+            "an unseen bigram with k = 0: infinite",
+            ([0, 1, 1, 0], 2, Scorer("a bigram model with k=0", (0, 1), unseen)),
+        )
+    )
     cases.append(Case("exactly n tokens: one prediction", _fitted(g, 3, 0.5, length=3)))
     for i in range(3):
         n = _randint(g, 1, 4)
@@ -263,8 +326,10 @@ def run_perplexity(answer: Callable[..., Any], case: Case) -> dict:
     except ValueError as err:
         if "math domain error" not in str(err):
             raise
-        raise AnswerError("raised ValueError: math domain error, from the log of a probability 0: the model gives "
-                          "probability 0 to a token that occurs, so the perplexity is infinite (math.inf)") from None
+        raise AnswerError(
+            "raised ValueError: math domain error, from the log of a probability 0: the model gives "
+            "probability 0 to a token that occurs, so the perplexity is infinite (math.inf)"
+        ) from None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -286,8 +351,10 @@ def compare_perplexity(got: Any, expected: Any, case: Case) -> str | None:
     sizes = got["context sizes"]
     if sizes != expected["context sizes"]:
         shown = f"{sizes[0]} to {sizes[-1]}" if isinstance(sizes, list) and len(sizes) > 4 else sizes
-        return (f"asked the model for P(token | context) with contexts of {shown} token(s); "
-                f"an n={n} model conditions on {_context_size(n)}")
+        return (
+            f"asked the model for P(token | context) with contexts of {shown} token(s); "
+            f"an n={n} model conditions on {_context_size(n)}"
+        )
     p, e = got["perplexity"], expected["perplexity"]
     if p == e or math.isclose(p, e, rel_tol=1e-6):
         return None
@@ -295,20 +362,29 @@ def compare_perplexity(got: Any, expected: Any, case: Case) -> str | None:
         return f"returned {p:.6g}, but the model gives probability 0 to a token that occurs: the perplexity is infinite"
     wrong = f"returned {p:.6g}, expected {e:.6g}"
     if got["predictions"] != expected["predictions"]:
-        wrong += (f" (it asked the model for {got['predictions']} probabilities; {len(tokens)} tokens make "
-                  f"{expected['predictions']} predictions with n={n})")
+        wrong += (
+            f" (it asked the model for {got['predictions']} probabilities; {len(tokens)} tokens make "
+            f"{expected['predictions']} predictions with n={n})"
+        )
     return wrong
 
 
 def _previous(tokens: Sequence[Hashable], i: int, n: int) -> tuple:
     """The context of position i: the n - 1 tokens before it."""
-    return tuple(tokens[i - n + 1:i])
+    return tuple(tokens[i - n + 1 : i])
 
 
-def _perplexity(first: int | None = None, context: Callable[[Sequence[Hashable], int, int], tuple] = _previous,
-                over_all: bool = False, sign: float = -1.0, mean: bool = True, skip_zero: bool = False) -> Callable:
+def _perplexity(
+    first: int | None = None,
+    context: Callable[[Sequence[Hashable], int, int], tuple] = _previous,
+    over_all: bool = False,
+    sign: float = -1.0,
+    mean: bool = True,
+    skip_zero: bool = False,
+) -> Callable:
     """A perplexity that scores from position ``first`` (default n - 1), asks ``context(tokens, i, n)``,
     divides by len(tokens) when ``over_all``, and skips zero probabilities when ``skip_zero``."""
+
     def perplexity(tokens: Sequence[Hashable], n: int, prob: Callable[[tuple, Hashable], float]) -> float:
         total = 0.0
         for i in range(n - 1 if first is None else first, len(tokens)):
@@ -320,39 +396,64 @@ def _perplexity(first: int | None = None, context: Callable[[Sequence[Hashable],
             total += math.log(p)
         count = len(tokens) if over_all else len(tokens) - n + 1
         return math.exp(sign * total / (count if mean else 1))
+
     return perplexity
 
 
 PERPLEXITY = Spec(
-    id="lab01.perplexity", points=2, name="perplexity", reference=reference_perplexity, cases=perplexity_cases,
-    run=run_perplexity, compare=compare_perplexity,
+    id="lab01.perplexity",
+    points=2,
+    name="perplexity",
+    reference=reference_perplexity,
+    cases=perplexity_cases,
+    run=run_perplexity,
+    compare=compare_perplexity,
     forbidden=("gptcourse.ngram.perplexity", "gptcourse.ngram.log_prob", "gptcourse.ngram.NGramModel.perplexity"),
     hint="perplexity = exp of minus the mean natural log of the probabilities of the N = len(tokens) - n + 1 "
-         "predictions, each token scored after the n - 1 tokens before it",
+    "predictions, each token scored after the n - 1 tokens before it",
     misconceptions=(
-        Misconception("scored from position 0", _perplexity(first=0, context=lambda t, i, n: tuple(t[max(0, i - n + 1):i])),
-                      "the first n - 1 tokens are context only: score the tokens from position n - 1 on, each after "
-                      "a full context of n - 1 tokens"),
-        Misconception("n = 1 context is the whole prefix", _perplexity(context=lambda t, i, n: tuple(t[:i][-(n - 1):])),
-                      "for n = 1 the context is the empty tuple (): a slice that starts at -(n - 1) = -0 starts at "
-                      "the beginning, so it takes every token before the position"),
-        Misconception("divided by len(tokens)", _perplexity(over_all=True),
-                      "the mean is over the N = len(tokens) - n + 1 predictions, not over every token: the first "
-                      "n - 1 tokens are never predicted"),
-        Misconception("no minus sign", _perplexity(sign=1.0),
-                      "log-probabilities are negative: perplexity is exp of MINUS their mean, so it is at least 1 "
-                      "(a uniform model over V tokens has perplexity V)"),
-        Misconception("sum, not mean", _perplexity(mean=False),
-                      "average the log-probabilities over the N predictions before exponentiating: perplexity "
-                      "does not grow with the length of the text"),
-        Misconception("zero probabilities skipped", _perplexity(skip_zero=True),
-                      "a token the model gives probability 0 makes the whole text impossible: the perplexity is "
-                      "then infinite, it is not scored without that token"),
+        Misconception(
+            "scored from position 0",
+            _perplexity(first=0, context=lambda t, i, n: tuple(t[max(0, i - n + 1) : i])),
+            "the first n - 1 tokens are context only: score the tokens from position n - 1 on, each after "
+            "a full context of n - 1 tokens",
+        ),
+        Misconception(
+            "n = 1 context is the whole prefix",
+            _perplexity(context=lambda t, i, n: tuple(t[:i][-(n - 1) :])),
+            "for n = 1 the context is the empty tuple (): a slice that starts at -(n - 1) = -0 starts at "
+            "the beginning, so it takes every token before the position",
+        ),
+        Misconception(
+            "divided by len(tokens)",
+            _perplexity(over_all=True),
+            "the mean is over the N = len(tokens) - n + 1 predictions, not over every token: the first "
+            "n - 1 tokens are never predicted",
+        ),
+        Misconception(
+            "no minus sign",
+            _perplexity(sign=1.0),
+            "log-probabilities are negative: perplexity is exp of MINUS their mean, so it is at least 1 "
+            "(a uniform model over V tokens has perplexity V)",
+        ),
+        Misconception(
+            "sum, not mean",
+            _perplexity(mean=False),
+            "average the log-probabilities over the N predictions before exponentiating: perplexity "
+            "does not grow with the length of the text",
+        ),
+        Misconception(
+            "zero probabilities skipped",
+            _perplexity(skip_zero=True),
+            "a token the model gives probability 0 makes the whole text impossible: the perplexity is "
+            "then infinite, it is not scored without that token",
+        ),
     ),
 )
 
 
 # --- Exercise 4: sampling ------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class NextProbs:
@@ -414,20 +515,33 @@ def sample_cases(g: torch.Generator) -> list[Case]:
     letters, ids, few = list("abcdef"), list(range(10, 16)), list("abcde")
     unigram = NextProbs("a fixed distribution", {(): _skewed(g, 5)})
     bigram = NextProbs("a bigram model", {(w,): _skewed(g, 3) for w in "xyz"})
-    cases = [Case("a deterministic bigram model", (_deterministic(g, letters, 2), letters, ["c", "a"], 12, 2),
-                  {"generator_seed": _seed(g)}),
-             Case("a deterministic trigram model over int ids", (_deterministic(g, ids, 3), ids, [11, 11, 14], 12, 3),
-                  {"generator_seed": _seed(g)}),
-             Case("n = 1: the empty context", (unigram, few, [], 20, 1), {"generator_seed": _seed(g)}),
-             Case("the same seed twice", (unigram, few, ["b"], 40, 1), {"generator_seed": _seed(g), "repeat": True}),
-             Case("300 draws from a fixed distribution", (unigram, few, [], 300, 1), {"generator_seed": _seed(g)}),
-             Case("450 draws from a bigram model", (bigram, list("xyz"), ["x"], 450, 2), {"generator_seed": _seed(g)})]
+    cases = [
+        Case(
+            "a deterministic bigram model",
+            (_deterministic(g, letters, 2), letters, ["c", "a"], 12, 2),
+            {"generator_seed": _seed(g)},
+        ),
+        Case(
+            "a deterministic trigram model over int ids",
+            (_deterministic(g, ids, 3), ids, [11, 11, 14], 12, 3),
+            {"generator_seed": _seed(g)},
+        ),
+        Case("n = 1: the empty context", (unigram, few, [], 20, 1), {"generator_seed": _seed(g)}),
+        Case("the same seed twice", (unigram, few, ["b"], 40, 1), {"generator_seed": _seed(g), "repeat": True}),
+        Case("300 draws from a fixed distribution", (unigram, few, [], 300, 1), {"generator_seed": _seed(g)}),
+        Case("450 draws from a bigram model", (bigram, list("xyz"), ["x"], 450, 2), {"generator_seed": _seed(g)}),
+    ]
     for i in range(2):
         n = _randint(g, 1, 4)
         alphabet = list(_ALPHABETS[_randint(g, 0, len(_ALPHABETS) - 1)])[:4]
         prompt = [alphabet[j] for j in torch.randint(len(alphabet), (n - 1 + _randint(g, 0, 2),), generator=g)]
-        cases.append(Case(f"a random deterministic model {i + 1}", (_deterministic(g, alphabet, n), alphabet, prompt,
-                                                                     10, n), {"generator_seed": _seed(g)}))
+        cases.append(
+            Case(
+                f"a random deterministic model {i + 1}",
+                (_deterministic(g, alphabet, n), alphabet, prompt, 10, n),
+                {"generator_seed": _seed(g)},
+            )
+        )
     return cases
 
 
@@ -443,7 +557,14 @@ def run_sample(answer: Callable[..., Any], case: Case) -> dict:
             contexts.append(tuple(context))
             return model(context)
 
-        out = answer(next_probs, list(vocab), list(prompt), length, n, torch.Generator().manual_seed(case.kwargs["generator_seed"]))
+        out = answer(
+            next_probs,
+            list(vocab),
+            list(prompt),
+            length,
+            n,
+            torch.Generator().manual_seed(case.kwargs["generator_seed"]),
+        )
         return (list(out) if isinstance(out, (list, tuple)) else out), contexts
 
     tokens, contexts = draw()
@@ -457,16 +578,19 @@ def _is_token(token: Any, vocab: Sequence[Hashable]) -> bool:
 def diagnose_sample(got: Any, case: Case) -> tuple[str, str] | None:
     """What is wrong with a sample, as ``(kind, message)``, or None: properties any correct sampler has."""
     model, vocab, prompt, length, n = case.args
-    if not (isinstance(got, dict) and set(got) == {"tokens", "contexts", "again"}
-            and isinstance(got["contexts"], list)):
+    if not (
+        isinstance(got, dict) and set(got) == {"tokens", "contexts", "again"} and isinstance(got["contexts"], list)
+    ):
         return "malformed", "returned a malformed output"
     tokens, contexts = got["tokens"], got["contexts"]
     if not isinstance(tokens, list):
         return "type", f"returned {_kind(tokens)}, expected a list of tokens"
-    if len(tokens) != len(prompt) + length or tokens[:len(prompt)] != list(prompt):
-        return "length", (f"returned {len(tokens)} tokens starting {tokens[:len(prompt)]!r}; expected the prompt "
-                          f"followed by {length} new tokens ({len(prompt) + length} in all)")
-    new = tokens[len(prompt):]
+    if len(tokens) != len(prompt) + length or tokens[: len(prompt)] != list(prompt):
+        return "length", (
+            f"returned {len(tokens)} tokens starting {tokens[: len(prompt)]!r}; expected the prompt "
+            f"followed by {length} new tokens ({len(prompt) + length} in all)"
+        )
+    new = tokens[len(prompt) :]
     outside = [t for t in new if not _is_token(t, vocab)]
     if outside:
         return "vocabulary", f"produced {outside[0]!r}, which is not a token of vocab"
@@ -474,13 +598,16 @@ def diagnose_sample(got: Any, case: Case) -> tuple[str, str] | None:
         return "calls", f"called next_probs {len(contexts)} time(s) for {length} new tokens"
     for i, context in enumerate(contexts):
         end = len(prompt) + i
-        before = tuple(tokens[end - n + 1:end]) if n > 1 else ()
+        before = tuple(tokens[end - n + 1 : end]) if n > 1 else ()
         if not isinstance(context, tuple) or len(context) != n - 1:
-            return "context size", (f"called next_probs with a context of {len(context)} token(s) for new token {i}; "
-                                    f"an n={n} model conditions on {_context_size(n)}")
+            return "context size", (
+                f"called next_probs with a context of {len(context)} token(s) for new token {i}; "
+                f"an n={n} model conditions on {_context_size(n)}"
+            )
         if context != before:
-            return "stale context", (f"drew new token {i} after the context {context}, but the {n - 1} token(s) "
-                                     f"before it are {before}")
+            return "stale context", (
+                f"drew new token {i} after the context {context}, but the {n - 1} token(s) before it are {before}"
+            )
         sure = vocab[int(model(before).argmax())] if model.deterministic else new[i]
         if sure != new[i]:
             return "improbable", f"drew {new[i]!r} after {before}, where the model gives {sure!r} probability 1"
@@ -491,12 +618,14 @@ def diagnose_sample(got: Any, case: Case) -> tuple[str, str] | None:
     return None
 
 
-def _frequencies(model: NextProbs, vocab: Sequence[Hashable], tokens: list, n: int, start: int) -> tuple[str, str] | None:
+def _frequencies(
+    model: NextProbs, vocab: Sequence[Hashable], tokens: list, n: int, start: int
+) -> tuple[str, str] | None:
     """Each context's next-token frequencies against its probabilities, within 6 standard deviations
     (a correct sampler fails about once in a hundred million runs)."""
     after: dict[tuple, Counter] = {}
     for end in range(start, len(tokens)):
-        after.setdefault(tuple(tokens[end - n + 1:end]) if n > 1 else (), Counter())[tokens[end]] += 1
+        after.setdefault(tuple(tokens[end - n + 1 : end]) if n > 1 else (), Counter())[tokens[end]] += 1
     for context, seen in after.items():
         draws = sum(seen.values())
         if draws < MIN_DRAWS:
@@ -505,8 +634,9 @@ def _frequencies(model: NextProbs, vocab: Sequence[Hashable], tokens: list, n: i
             freq = seen[w] / draws
             if abs(freq - p) > 6 * math.sqrt(0.25 / draws):
                 where = f"after {context}" if context else "in a unigram model's"
-                return "frequencies", (f"drew {w!r} {freq:.3f} of the time {where} {draws} draws, but its "
-                                       f"probability is {p:.3f}")
+                return "frequencies", (
+                    f"drew {w!r} {freq:.3f} of the time {where} {draws} draws, but its probability is {p:.3f}"
+                )
     return None
 
 
@@ -525,24 +655,32 @@ def diagnosed(diagnose: Callable[[Any, Case], tuple[str, str] | None]) -> Compar
     return compare
 
 
-def _sampler(draw: str = "multinomial", context_of: str = "last", token: bool = True,
-             use_generator: bool = True) -> Callable:
+def _sampler(
+    draw: str = "multinomial", context_of: str = "last", token: bool = True, use_generator: bool = True
+) -> Callable:
     """A sampler that draws by ``draw`` (multinomial | argmax | uniform | all at once), takes the
     context as ``context_of`` (last | prompt | slice), and appends the token or its index."""
-    def sample(next_probs: Callable, vocab: Sequence[Hashable], prompt: Sequence[Hashable], length: int, n: int,
-               generator: torch.Generator | None = None) -> list:
+
+    def sample(
+        next_probs: Callable,
+        vocab: Sequence[Hashable],
+        prompt: Sequence[Hashable],
+        length: int,
+        n: int,
+        generator: torch.Generator | None = None,
+    ) -> list:
         out = list(prompt)
         generator = generator if use_generator else None
         if draw == "all at once":
-            probs = next_probs(tuple(out[len(out) - n + 1:]) if n > 1 else ())
+            probs = next_probs(tuple(out[len(out) - n + 1 :]) if n > 1 else ())
             return out + [vocab[i] for i in torch.multinomial(probs, length, replacement=True, generator=generator)]
         for _ in range(length):
             if context_of == "prompt":
-                context = tuple(prompt[len(prompt) - n + 1:]) if n > 1 else ()
+                context = tuple(prompt[len(prompt) - n + 1 :]) if n > 1 else ()
             elif context_of == "slice":
-                context = tuple(out[-(n - 1):])
+                context = tuple(out[-(n - 1) :])
             else:
-                context = tuple(out[len(out) - n + 1:]) if n > 1 else ()
+                context = tuple(out[len(out) - n + 1 :]) if n > 1 else ()
             probs = next_probs(context)
             if draw == "argmax":
                 index = int(probs.argmax())
@@ -552,36 +690,63 @@ def _sampler(draw: str = "multinomial", context_of: str = "last", token: bool = 
                 index = int(torch.multinomial(probs, 1, generator=generator))
             out.append(vocab[index] if token else index)
         return out
+
     return sample
 
 
 SAMPLING = Spec(
-    id="lab01.sampling", points=2, name="sample", reference=ngram.sample, cases=sample_cases, run=run_sample,
-    compare=diagnosed(diagnose_sample), forbidden=("gptcourse.ngram.sample", "gptcourse.ngram.NGramModel.sample"),
+    id="lab01.sampling",
+    points=2,
+    name="sample",
+    reference=ngram.sample,
+    cases=sample_cases,
+    run=run_sample,
+    compare=diagnosed(diagnose_sample),
+    forbidden=("gptcourse.ngram.sample", "gptcourse.ngram.NGramModel.sample"),
     hint="each step: the context is the last n - 1 tokens so far, the model gives a distribution over vocab for "
-         "it, one index is drawn from that distribution with the generator, and its token is appended",
+    "it, one index is drawn from that distribution with the generator, and its token is appended",
     misconceptions=(
-        Misconception("index, not token", _sampler(token=False),
-                      "torch.multinomial returns an index into vocab; the sample is made of the tokens at those "
-                      "indices"),
-        Misconception("one call for all tokens", _sampler(draw="all at once"),
-                      "draw one token per step and ask the model again each time: the context, and so the "
-                      "distribution, changes after every new token"),
-        Misconception("context not fed back", _sampler(context_of="prompt"),
-                      "feed each new token back in: the context of every step is the last n - 1 tokens of the "
-                      "output so far, the new ones included (autoregression)"),
-        Misconception("n = 1 context is the whole prefix", _sampler(context_of="slice"),
-                      "for n = 1 the context is the empty tuple (): a slice that starts at -(n - 1) = -0 starts at "
-                      "the beginning, so it takes the whole list"),
-        Misconception("most likely token (argmax)", _sampler(draw="argmax"),
-                      "sample in proportion to the probabilities: always taking the most likely token (greedy "
-                      "decoding) is deterministic and never produces the less likely tokens"),
-        Misconception("uniform draw", _sampler(draw="uniform"),
-                      "draw each index with the model's probabilities as weights: a token with probability 1 must "
-                      "always come up, one with probability 0 never"),
-        Misconception("generator ignored", _sampler(use_generator=False),
-                      "the sample must be repeatable: give the generator you were passed to torch.multinomial, so "
-                      "that a generator seeded alike gives the same tokens"),
+        Misconception(
+            "index, not token",
+            _sampler(token=False),
+            "torch.multinomial returns an index into vocab; the sample is made of the tokens at those indices",
+        ),
+        Misconception(
+            "one call for all tokens",
+            _sampler(draw="all at once"),
+            "draw one token per step and ask the model again each time: the context, and so the "
+            "distribution, changes after every new token",
+        ),
+        Misconception(
+            "context not fed back",
+            _sampler(context_of="prompt"),
+            "feed each new token back in: the context of every step is the last n - 1 tokens of the "
+            "output so far, the new ones included (autoregression)",
+        ),
+        Misconception(
+            "n = 1 context is the whole prefix",
+            _sampler(context_of="slice"),
+            "for n = 1 the context is the empty tuple (): a slice that starts at -(n - 1) = -0 starts at "
+            "the beginning, so it takes the whole list",
+        ),
+        Misconception(
+            "most likely token (argmax)",
+            _sampler(draw="argmax"),
+            "sample in proportion to the probabilities: always taking the most likely token (greedy "
+            "decoding) is deterministic and never produces the less likely tokens",
+        ),
+        Misconception(
+            "uniform draw",
+            _sampler(draw="uniform"),
+            "draw each index with the model's probabilities as weights: a token with probability 1 must "
+            "always come up, one with probability 0 never",
+        ),
+        Misconception(
+            "generator ignored",
+            _sampler(use_generator=False),
+            "the sample must be repeatable: give the generator you were passed to torch.multinomial, so "
+            "that a generator seeded alike gives the same tokens",
+        ),
     ),
 )
 

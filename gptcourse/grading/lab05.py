@@ -47,8 +47,12 @@ def causal_compare(atol: float = 1e-5, rtol: float = 1e-4) -> Compare:
     values = close(atol, rtol)
 
     def compare(got: Any, expected: Any, case: Case) -> str | None:
-        if not (isinstance(got, (tuple, list)) and len(got) == 2 and isinstance(got[1], torch.Tensor)
-                and got[1].shape == expected[1].shape):
+        if not (
+            isinstance(got, (tuple, list))
+            and len(got) == 2
+            and isinstance(got[1], torch.Tensor)
+            and got[1].shape == expected[1].shape
+        ):
             return "returned a malformed output (not an output and its leak map)"
         (out, leaks), (e_out, e_leaks) = got, expected
         if not isinstance(out, torch.Tensor) or out.shape != e_out.shape:
@@ -66,6 +70,7 @@ def causal_compare(atol: float = 1e-5, rtol: float = 1e-4) -> Compare:
 
 # --- Exercise 1: the mask -----------------------------------------------------------------------------
 
+
 def mask_cases(g: torch.Generator) -> list[Case]:
     # a middling T first: at T = 1 several wrong masks agree with each other
     cases = [Case("T = 6", (6,)), Case("a single position (T = 1)", (1,)), Case("T = 2", (2,))]
@@ -75,8 +80,12 @@ def mask_cases(g: torch.Generator) -> list[Case]:
 
 def compare_mask(got: Any, expected: Any, case: Case) -> str | None:
     """Exactly equal, and boolean: an integer or float 0/1 mask means something else to attention."""
-    if (isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor) and got.shape == expected.shape
-            and got.dtype != expected.dtype):
+    if (
+        isinstance(got, torch.Tensor)
+        and isinstance(expected, torch.Tensor)
+        and got.shape == expected.shape
+        and got.dtype != expected.dtype
+    ):
         return f"returned dtype {got.dtype}, expected {expected.dtype}"
     return exact()(got, expected, case)
 
@@ -90,28 +99,49 @@ def _additive(T: int) -> torch.Tensor:
 
 
 MASK = Spec(
-    id="lab05.mask", points=1, name="causal_mask", reference=ref.causal_mask, cases=mask_cases,
-    compare=compare_mask, forbidden=("gptcourse.attention.causal_mask",),
+    id="lab05.mask",
+    points=1,
+    name="causal_mask",
+    reference=ref.causal_mask,
+    cases=mask_cases,
+    compare=compare_mask,
+    forbidden=("gptcourse.attention.causal_mask",),
     hint="row i is query i and column j is key j: True exactly where j <= i, a boolean (T, T) tensor",
     misconceptions=(
-        Misconception("transposed", lambda T: _ones(T).triu(),
-                      "rows are queries and columns are keys: query i may see keys j <= i, the lower triangle, "
-                      "not the upper one (which lets position 0 see every later position)"),
-        Misconception("diagonal excluded", lambda T: _ones(T).tril(diagonal=-1),
-                      "a position may attend to itself (j = i): keep the diagonal, or query 0 sees nothing"),
-        Misconception("polarity reversed", lambda T: ~_ones(T).tril(),
-                      "True means 'may attend' (the convention of F.scaled_dot_product_attention): "
-                      "the allowed keys j <= i are the True ones"),
-        Misconception("float mask", lambda T: torch.ones(T, T).tril(),
-                      "the mask must be boolean (dtype torch.bool): attention adds a float mask to the scores, "
-                      "so 0.0 and 1.0 would hide nothing"),
-        Misconception("additive mask", _additive,
-                      "this exercise asks for the boolean form (True = may attend), not an additive 0 / -inf mask"),
+        Misconception(
+            "transposed",
+            lambda T: _ones(T).triu(),
+            "rows are queries and columns are keys: query i may see keys j <= i, the lower triangle, "
+            "not the upper one (which lets position 0 see every later position)",
+        ),
+        Misconception(
+            "diagonal excluded",
+            lambda T: _ones(T).tril(diagonal=-1),
+            "a position may attend to itself (j = i): keep the diagonal, or query 0 sees nothing",
+        ),
+        Misconception(
+            "polarity reversed",
+            lambda T: ~_ones(T).tril(),
+            "True means 'may attend' (the convention of F.scaled_dot_product_attention): "
+            "the allowed keys j <= i are the True ones",
+        ),
+        Misconception(
+            "float mask",
+            lambda T: torch.ones(T, T).tril(),
+            "the mask must be boolean (dtype torch.bool): attention adds a float mask to the scores, "
+            "so 0.0 and 1.0 would hide nothing",
+        ),
+        Misconception(
+            "additive mask",
+            _additive,
+            "this exercise asks for the boolean form (True = may attend), not an additive 0 / -inf mask",
+        ),
     ),
 )
 
 
 # --- Exercise 2: the masked softmax ---------------------------------------------------------------------
+
 
 def _random_mask(g: torch.Generator, *shape: int) -> torch.Tensor:
     """A random boolean mask in which every row allows at least one key (its last)."""
@@ -126,12 +156,14 @@ def softmax_cases(g: torch.Generator) -> list[Case]:
 
     one_key = torch.zeros(4, 6, dtype=torch.bool)
     one_key[torch.arange(4), torch.tensor([0, 5, 2, 5])] = True
-    cases = [Case("a causal mask", (scores(2, 5, 5), ref.causal_mask(5))),
-             Case("no leading dimensions, T != S", (scores(4, 6), _random_mask(g, 4, 6))),
-             Case("a (T, S) mask broadcast over batch and heads", (scores(2, 3, 4, 7), _random_mask(g, 4, 7))),
-             Case("a mask with the batch dimension", (scores(3, 4, 4), _random_mask(g, 3, 4, 4))),
-             Case("one allowed key per row", (scores(2, 4, 6), one_key)),
-             Case("a single query and key", (scores(2, 1, 1), torch.ones(1, 1, dtype=torch.bool)))]
+    cases = [
+        Case("a causal mask", (scores(2, 5, 5), ref.causal_mask(5))),
+        Case("no leading dimensions, T != S", (scores(4, 6), _random_mask(g, 4, 6))),
+        Case("a (T, S) mask broadcast over batch and heads", (scores(2, 3, 4, 7), _random_mask(g, 4, 7))),
+        Case("a mask with the batch dimension", (scores(3, 4, 4), _random_mask(g, 3, 4, 4))),
+        Case("one allowed key per row", (scores(2, 4, 6), one_key)),
+        Case("a single query and key", (scores(2, 1, 1), torch.ones(1, 1, dtype=torch.bool))),
+    ]
     for i in range(3):
         B, T, S = (int(x) for x in torch.randint(1, 12, (3,), generator=g))
         cases.append(Case(f"random sizes and mask {i + 1}", (scores(B, T, S), _random_mask(g, T, S))))
@@ -157,41 +189,62 @@ def _softmax(fill: float | None, dim: int = -1, invert: bool = False) -> Callabl
         if fill is not None:
             scores = scores.masked_fill(mask if invert else ~mask, fill)
         return torch.softmax(scores, dim=dim)
+
     return masked_softmax
 
 
 MASKED_SOFTMAX = Spec(
-    id="lab05.masked_softmax", points=2, name="masked_softmax", reference=reference_masked_softmax,
-    cases=softmax_cases, compare=compare_masked_softmax,
+    id="lab05.masked_softmax",
+    points=2,
+    name="masked_softmax",
+    reference=reference_masked_softmax,
+    cases=softmax_cases,
+    compare=compare_masked_softmax,
     forbidden=("gptcourse.attention.attention_weights", "gptcourse.attention.attention"),
     hint="hide the scores where mask is False (a score of -inf gets weight exp(-inf) = 0), then take the softmax "
-         "over the last dimension (the keys); the mask broadcasts against the scores",
+    "over the last dimension (the keys); the mask broadcasts against the scores",
     misconceptions=(
-        Misconception("mask ignored", _softmax(None),
-                      "a mask was passed: positions where it is False must get weight exactly 0"),
-        Misconception("mask inverted", _softmax(float("-inf"), invert=True),
-                      "True in the mask means 'may attend': it is the False positions that are hidden"),
-        Misconception("masked with zero", _softmax(0.0),
-                      "a score of 0 still gets weight exp(0) > 0 after the softmax: hidden scores must be -inf"),
-        Misconception("zeroed after the softmax", lambda s, m: torch.softmax(s, dim=-1) * m,
-                      "zeroing weights after the softmax leaves rows that no longer sum to 1: hide the scores "
-                      "before normalising (Chapter 5)"),
-        Misconception("softmax over the queries", _softmax(float("-inf"), dim=-2),
-                      "each query's weights are normalised over the keys: the last dimension of the scores"),
+        Misconception(
+            "mask ignored", _softmax(None), "a mask was passed: positions where it is False must get weight exactly 0"
+        ),
+        Misconception(
+            "mask inverted",
+            _softmax(float("-inf"), invert=True),
+            "True in the mask means 'may attend': it is the False positions that are hidden",
+        ),
+        Misconception(
+            "masked with zero",
+            _softmax(0.0),
+            "a score of 0 still gets weight exp(0) > 0 after the softmax: hidden scores must be -inf",
+        ),
+        Misconception(
+            "zeroed after the softmax",
+            lambda s, m: torch.softmax(s, dim=-1) * m,
+            "zeroing weights after the softmax leaves rows that no longer sum to 1: hide the scores "
+            "before normalising (Chapter 5)",
+        ),
+        Misconception(
+            "softmax over the queries",
+            _softmax(float("-inf"), dim=-2),
+            "each query's weights are normalised over the keys: the last dimension of the scores",
+        ),
     ),
 )
 
 
 # --- Exercise 3: causal attention ---------------------------------------------------------------------------
 
+
 def attention_cases(g: torch.Generator) -> list[Case]:
     def qkv(B: int, T: int, d: int) -> tuple[torch.Tensor, ...]:
         return tuple(torch.randn(B, T, d, generator=g) for _ in range(3))
 
-    cases = [Case("batch of 2, T = 6", qkv(2, 6, 4)),
-             Case("a single position (T = 1)", qkv(3, 1, 5)),
-             Case("one sequence, d = 1", qkv(1, 5, 1)),
-             Case("T = 2", qkv(2, 2, 8))]
+    cases = [
+        Case("batch of 2, T = 6", qkv(2, 6, 4)),
+        Case("a single position (T = 1)", qkv(3, 1, 5)),
+        Case("one sequence, d = 1", qkv(1, 5, 1)),
+        Case("T = 2", qkv(2, 2, 8)),
+    ]
     for i in range(3):
         B, T, d = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 4), (2, 12), (1, 9)))
         cases.append(Case(f"random sizes {i + 1}", qkv(B, T, d)))
@@ -207,8 +260,9 @@ def reference_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return ref.attention(q, k, v, ref.causal_mask(q.size(-2)))
 
 
-def _attend(mask: Callable[[int], torch.Tensor] | None, scale: bool = True, dim: int = -1,
-            after: bool = False) -> Callable[..., torch.Tensor]:
+def _attend(
+    mask: Callable[[int], torch.Tensor] | None, scale: bool = True, dim: int = -1, after: bool = False
+) -> Callable[..., torch.Tensor]:
     def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         scores = q @ k.transpose(-2, -1) / (math.sqrt(q.size(-1)) if scale else 1.0)
         if mask is None:
@@ -217,30 +271,58 @@ def _attend(mask: Callable[[int], torch.Tensor] | None, scale: bool = True, dim:
         if after:
             return torch.softmax(scores, dim=dim) * allowed @ v
         return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=dim) @ v
+
     return causal_attention
 
 
 CAUSAL_ATTENTION = Spec(
-    id="lab05.causal_attention", points=3, name="causal_attention", reference=reference_causal_attention,
-    cases=attention_cases, run=run_causal, compare=causal_compare(),
-    forbidden=("gptcourse.attention.attention", "gptcourse.attention.attention_weights",
-               "gptcourse.attention.causal_mask", "torch.nn.functional.scaled_dot_product_attention"),
+    id="lab05.causal_attention",
+    points=3,
+    name="causal_attention",
+    reference=reference_causal_attention,
+    cases=attention_cases,
+    run=run_causal,
+    compare=causal_compare(),
+    forbidden=(
+        "gptcourse.attention.attention",
+        "gptcourse.attention.attention_weights",
+        "gptcourse.attention.causal_mask",
+        "torch.nn.functional.scaled_dot_product_attention",
+    ),
     hint="scores q k^T / sqrt(d), hidden where key j > query i, a softmax over the keys, then times v",
     misconceptions=(
-        Misconception("no mask", _attend(None),
-                      "query i must not see keys j > i: apply the causal mask to the scores before the softmax"),
-        Misconception("mask transposed", _attend(lambda T: _ones(T).triu()),
-                      "the mask is the lower triangle: row i (a query) keeps the columns j <= i (keys)"),
-        Misconception("softmax over the queries", _attend(lambda T: _ones(T).tril(), dim=-2),
-                      "normalise each query's weights over the keys (the last dimension): a softmax over the "
-                      "queries mixes in later positions"),
-        Misconception("not scaled", _attend(lambda T: _ones(T).tril(), scale=False),
-                      "scale the scores by 1/sqrt(d), d the size of each query and key vector"),
-        Misconception("diagonal excluded", _attend(lambda T: _ones(T).tril(diagonal=-1)),
-                      "a position may attend to itself (j <= i, not j < i): otherwise query 0 has nothing to see"),
-        Misconception("masked after the softmax", _attend(lambda T: _ones(T).tril(), after=True),
-                      "a softmax before the mask still divides by a sum over the later keys, so the future leaks "
-                      "in (and the rows no longer sum to 1): hide the scores first, then normalise"),
+        Misconception(
+            "no mask",
+            _attend(None),
+            "query i must not see keys j > i: apply the causal mask to the scores before the softmax",
+        ),
+        Misconception(
+            "mask transposed",
+            _attend(lambda T: _ones(T).triu()),
+            "the mask is the lower triangle: row i (a query) keeps the columns j <= i (keys)",
+        ),
+        Misconception(
+            "softmax over the queries",
+            _attend(lambda T: _ones(T).tril(), dim=-2),
+            "normalise each query's weights over the keys (the last dimension): a softmax over the "
+            "queries mixes in later positions",
+        ),
+        Misconception(
+            "not scaled",
+            _attend(lambda T: _ones(T).tril(), scale=False),
+            "scale the scores by 1/sqrt(d), d the size of each query and key vector",
+        ),
+        Misconception(
+            "diagonal excluded",
+            _attend(lambda T: _ones(T).tril(diagonal=-1)),
+            "a position may attend to itself (j <= i, not j < i): otherwise query 0 has nothing to see",
+        ),
+        Misconception(
+            "masked after the softmax",
+            _attend(lambda T: _ones(T).tril(), after=True),
+            "a softmax before the mask still divides by a sum over the later keys, so the future leaks "
+            "in (and the rows no longer sum to 1): hide the scores first, then normalise",
+        ),
     ),
 )
 

@@ -17,11 +17,27 @@ from gptcourse.grading.spec import AnswerError, Case, Misconception, Spec, exact
 from gptcourse.model import GPT, GPTConfig, count_params
 
 
-def _model(g: torch.Generator, *, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
-           norm: str = "pre", final_norm: bool = True) -> GPT:
+def _model(
+    g: torch.Generator,
+    *,
+    vocab_size: int,
+    block_size: int,
+    n_layer: int,
+    n_head: int,
+    n_embd: int,
+    norm: str = "pre",
+    final_norm: bool = True,
+) -> GPT:
     """A small GPT with random weights: norm gains near 1 but not 1, so a skipped gain shows."""
-    config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                       n_embd=n_embd, norm=norm, final_norm=final_norm)
+    config = GPTConfig(
+        vocab_size=vocab_size,
+        block_size=block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        norm=norm,
+        final_norm=final_norm,
+    )
     with seeded(g):
         model = GPT(config)
     return randomize_(model, g).eval()
@@ -30,10 +46,19 @@ def _model(g: torch.Generator, *, vocab_size: int, block_size: int, n_layer: int
 def _random_case(g: torch.Generator, label: str, n_layer: int, norm: str = "pre", final_norm: bool = True) -> Case:
     """A random small model of ``n_layer`` blocks and a random batch ``(B, T)``, ``T <= block_size``."""
     n_head = (1, 2, 4)[int(torch.randint(3, (1,), generator=g))]
-    vocab_size, block_size, width, B = (int(torch.randint(lo, hi, (1,), generator=g))
-                                        for lo, hi in ((5, 40), (4, 13), (2, 5), (1, 4)))
-    model = _model(g, vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                   n_embd=n_head * width, norm=norm, final_norm=final_norm)
+    vocab_size, block_size, width, B = (
+        int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((5, 40), (4, 13), (2, 5), (1, 4))
+    )
+    model = _model(
+        g,
+        vocab_size=vocab_size,
+        block_size=block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_head * width,
+        norm=norm,
+        final_norm=final_norm,
+    )
     return Case(label, (model, _idx(g, model, B, int(torch.randint(1, block_size + 1, (1,), generator=g)))))
 
 
@@ -51,6 +76,7 @@ def run_model(answer: Callable[..., Any], case: Case) -> Any:
 
 # --- Exercise 1: the input embedding -----------------------------------------------------------------------
 
+
 def embed_cases(g: torch.Generator) -> list[Case]:
     model = _model(g, vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=6)  # shared: each case is copied
 
@@ -58,8 +84,12 @@ def embed_cases(g: torch.Generator) -> list[Case]:
         return Case(label, (model, _idx(g, model, B, T)))
 
     # shorter sequences first: counting positions from 1 runs off the table only at T = block_size
-    cases = [case("a batch of 3, T = 5", 3, 5), case("a single token (T = 1)", 2, 1),
-             case("one sequence (B = 1)", 1, 6), case("T = block_size (the full context)", 2, 8)]
+    cases = [
+        case("a batch of 3, T = 5", 3, 5),
+        case("a single token (T = 1)", 2, 1),
+        case("one sequence (B = 1)", 1, 6),
+        case("T = block_size (the full context)", 2, 8),
+    ]
     cases += [_random_case(g, f"random model and sizes {i + 1}", n_layer=1) for i in range(2)]
     return cases
 
@@ -73,33 +103,51 @@ def _embed_from_one(model: GPT, idx: torch.Tensor) -> torch.Tensor:
 
 
 EMBED = Spec(
-    id="lab08.embed", points=1, name="embed", reference=reference_embed, cases=embed_cases, run=run_model,
+    id="lab08.embed",
+    points=1,
+    name="embed",
+    reference=reference_embed,
+    cases=embed_cases,
+    run=run_model,
     forbidden=("gptcourse.model.GPT.forward",),
     hint="h0 = U We + Wp: each token's row of the token embedding plus its position's row of the position "
-         "embedding; positions are 0, 1, ..., T-1 for every sequence of the batch",
+    "embedding; positions are 0, 1, ..., T-1 for every sequence of the batch",
     misconceptions=(
-        Misconception("token embeddings only", lambda model, idx: model.transformer.wte(idx),
-                      "add the position embeddings (wpe) of positions 0 .. T-1: without them the model cannot "
-                      "tell the order of the tokens"),
-        Misconception("positions counted from 1", _embed_from_one,
-                      "positions start at 0: the first token of a sequence gets the first row of wpe"),
-        Misconception("token embeddings scaled by sqrt(C)",
-                      lambda model, idx: model.transformer.wte(idx) * math.sqrt(model.config.n_embd)
-                      + model.transformer.wpe(torch.arange(idx.size(1))),
-                      "GPT adds the two embeddings as they are: scaling the token embedding by sqrt(C) is the "
-                      "original Transformer's, not GPT's"),
+        Misconception(
+            "token embeddings only",
+            lambda model, idx: model.transformer.wte(idx),
+            "add the position embeddings (wpe) of positions 0 .. T-1: without them the model cannot "
+            "tell the order of the tokens",
+        ),
+        Misconception(
+            "positions counted from 1",
+            _embed_from_one,
+            "positions start at 0: the first token of a sequence gets the first row of wpe",
+        ),
+        Misconception(
+            "token embeddings scaled by sqrt(C)",
+            lambda model, idx: (
+                model.transformer.wte(idx) * math.sqrt(model.config.n_embd)
+                + model.transformer.wpe(torch.arange(idx.size(1)))
+            ),
+            "GPT adds the two embeddings as they are: scaling the token embedding by sqrt(C) is the "
+            "original Transformer's, not GPT's",
+        ),
     ),
 )
 
 
 # --- Exercise 2: the forward pass with tied weights -----------------------------------------------------------
 
+
 class _UseTheEmbedding(nn.Module):
     """Stands in for ``lm_head`` so that a forward pass must read the tied matrix ``We`` itself."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise AnswerError("gpt_forward called model.lm_head; this exercise computes the output layer from the tied "
-                          "token embedding instead")
+        raise AnswerError(
+            "gpt_forward called model.lm_head; this exercise computes the output layer from the tied "
+            "token embedding instead"
+        )
 
 
 def forward_cases(g: torch.Generator) -> list[Case]:
@@ -110,11 +158,13 @@ def forward_cases(g: torch.Generator) -> list[Case]:
     sizes = {"vocab_size": 13, "block_size": 8, "n_head": 2, "n_embd": 8}
     gpt2 = _model(g, n_layer=2, norm="pre", final_norm=True, **sizes)
     gpt1 = _model(g, n_layer=2, norm="post", final_norm=False, **sizes)
-    cases = [case("GPT-2-like: pre-LN, final LayerNorm, 2 blocks", gpt2, 2, 6),
-             case("GPT-1-like: post-LN, no final LayerNorm, 2 blocks", gpt1, 2, 6),
-             case("three blocks", _model(g, n_layer=3, **sizes), 1, 5),
-             case("a single token (T = 1)", gpt2, 3, 1),
-             case("T = block_size (the full context)", gpt1, 2, 8)]
+    cases = [
+        case("GPT-2-like: pre-LN, final LayerNorm, 2 blocks", gpt2, 2, 6),
+        case("GPT-1-like: post-LN, no final LayerNorm, 2 blocks", gpt1, 2, 6),
+        case("three blocks", _model(g, n_layer=3, **sizes), 1, 5),
+        case("a single token (T = 1)", gpt2, 3, 1),
+        case("T = block_size (the full context)", gpt1, 2, 8),
+    ]
     for i, norm in enumerate(("pre", "post")):
         n_layer = int(torch.randint(2, 4, (1,), generator=g))
         cases.append(_random_case(g, f"random {norm}-LN model {i + 1}", n_layer, norm, final_norm=norm == "pre"))
@@ -149,47 +199,70 @@ def _forward(mistake: str) -> Callable[..., torch.Tensor]:
 
 FORWARD_HINTS = {
     "final LayerNorm skipped": "a model with config.final_norm (GPT-2) normalises the last block's output with "
-                               "model.transformer.ln_f before the output layer",
+    "model.transformer.ln_f before the output layer",
     "final LayerNorm without its gain and shift": "the final LayerNorm has its own learned gain and shift: use "
-                                                  "the model's ln_f module, not a bare normalisation",
+    "the model's ln_f module, not a bare normalisation",
     "only the first block": "run every block of model.transformer.h, in order, each on the previous one's output",
     "no position embeddings": "h0 is the token embedding plus the position embedding (Exercise 1's embed)",
     "probabilities, not logits": "return the logits h We^T: the softmax belongs to the loss and to sampling",
 }
 
 FORWARD = Spec(
-    id="lab08.forward", points=3, name="gpt_forward", reference=_forward(""), cases=forward_cases,
-    run=run_forward, forbidden=("gptcourse.model.GPT.forward",),
+    id="lab08.forward",
+    points=3,
+    name="gpt_forward",
+    reference=_forward(""),
+    cases=forward_cases,
+    run=run_forward,
+    forbidden=("gptcourse.model.GPT.forward",),
     hint="h0 from embed; every block in order (keep the first of the pair it returns); ln_f only if "
-         "model.config.final_norm; then the output layer, which is the transposed token embedding matrix",
+    "model.config.final_norm; then the output layer, which is the transposed token embedding matrix",
     misconceptions=tuple(Misconception(name, _forward(name), hint) for name, hint in FORWARD_HINTS.items()),
 )
 
 
 # --- Exercise 3: counting parameters -----------------------------------------------------------------------------
 
+
 def count_cases(g: torch.Generator) -> list[Case]:
     small = {"vocab_size": 100, "block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 16}
-    cases = [Case("GPT-2 small (124,439,808)", (GPTConfig(),)),
-             Case("GPT-1: no final LayerNorm", (GPTConfig(vocab_size=40478, block_size=512, norm="post",
-                                                          final_norm=False),)),
-             Case("no biases (bias=False)", (GPTConfig(**small, bias=False),)),
-             Case("no position embedding (pos='none')", (GPTConfig(**small, pos="none"),)),
-             Case("sinusoidal positions (no parameters)", (GPTConfig(**small, pos="sinusoidal"),)),
-             Case("grouped-query: 2 kv heads", (GPTConfig(**small, n_kv_head=2),)),
-             Case("multi-query: 1 kv head", (GPTConfig(**small, n_kv_head=1),))]
+    cases = [
+        Case("GPT-2 small (124,439,808)", (GPTConfig(),)),
+        Case(
+            "GPT-1: no final LayerNorm", (GPTConfig(vocab_size=40478, block_size=512, norm="post", final_norm=False),)
+        ),
+        Case("no biases (bias=False)", (GPTConfig(**small, bias=False),)),
+        Case("no position embedding (pos='none')", (GPTConfig(**small, pos="none"),)),
+        Case("sinusoidal positions (no parameters)", (GPTConfig(**small, pos="sinusoidal"),)),
+        Case("grouped-query: 2 kv heads", (GPTConfig(**small, n_kv_head=2),)),
+        Case("multi-query: 1 kv head", (GPTConfig(**small, n_kv_head=1),)),
+    ]
     for i in range(5):
         n_head = (1, 2, 3, 4, 6, 8)[int(torch.randint(6, (1,), generator=g))]
         divisors = [d for d in range(1, n_head + 1) if n_head % d == 0]
-        vocab_size, block_size, n_layer, width = (int(torch.randint(lo, hi, (1,), generator=g))
-                                                  for lo, hi in ((2, 1000), (1, 513), (1, 13), (1, 17)))
+        vocab_size, block_size, n_layer, width = (
+            int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((2, 1000), (1, 513), (1, 13), (1, 17))
+        )
         n_kv_head = divisors[int(torch.randint(len(divisors), (1,), generator=g))]
         bias, final_norm = (bool(b) for b in torch.rand(2, generator=g) < 0.5)
         pos = ("learned", "none")[int(torch.randint(2, (1,), generator=g))]
-        config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                           n_embd=n_head * width, n_kv_head=n_kv_head, bias=bias, final_norm=final_norm, pos=pos)
-        cases.append(Case(f"random {i + 1}: bias={bias}, final_norm={final_norm}, pos={pos!r}, "
-                          f"{n_kv_head} of {n_head} kv heads", (config,)))
+        config = GPTConfig(
+            vocab_size=vocab_size,
+            block_size=block_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_head * width,
+            n_kv_head=n_kv_head,
+            bias=bias,
+            final_norm=final_norm,
+            pos=pos,
+        )
+        cases.append(
+            Case(
+                f"random {i + 1}: bias={bias}, final_norm={final_norm}, pos={pos!r}, {n_kv_head} of {n_head} kv heads",
+                (config,),
+            )
+        )
     return cases
 
 
@@ -207,7 +280,9 @@ def _count(mistake: str) -> Callable[[GPTConfig], int]:
         total += config.n_layer * (C * qkv + b * qkv + C * C + b * C + mlp + 2 * ln)
         if mistake == "positions always counted" or (config.pos == "learned" and mistake != "positions forgotten"):
             total += config.block_size * C
-        if mistake == "final LayerNorm always counted" or (config.final_norm and mistake != "final LayerNorm forgotten"):
+        if mistake == "final LayerNorm always counted" or (
+            config.final_norm and mistake != "final LayerNorm forgotten"
+        ):
             total += ln
         return total
 
@@ -218,14 +293,15 @@ COUNT_HINTS = {
     "output layer counted again": "the output layer is tied to the token embedding, one V x C matrix: count it once",
     "positions forgotten": "count the learned position embedding, block_size x C, when config.pos is 'learned'",
     "positions always counted": "only learned positions are parameters: pos='none' has none and sinusoidal codes "
-                                "are computed, not learned",
+    "are computed, not learned",
     "final LayerNorm always counted": "the final LayerNorm exists only when config.final_norm (GPT-1 has none)",
     "final LayerNorm forgotten": "count the final LayerNorm (C gains, and C shifts with bias) when config.final_norm",
     "biases always counted": "with bias=False no Linear layer has a bias and no LayerNorm a shift",
     "keys and values as wide as the queries": "c_attn has (n_head + 2 n_kv) head_dim outputs with n_kv = "
-                                              "config.kv_heads: keys and values have fewer heads than queries in GQA",
+    "config.kv_heads: keys and values have fewer heads than queries in GQA",
     "one MLP layer": "the MLP has two Linear layers, C -> 4C and 4C -> C",
 }
+
 
 def compare_count(got: Any, expected: Any, case: Case) -> str | None:
     """Exactly equal, with both counts written out in full (a float format would hide a small difference)."""
@@ -235,10 +311,15 @@ def compare_count(got: Any, expected: Any, case: Case) -> str | None:
 
 
 COUNT_PARAMS = Spec(
-    id="lab08.count_params", points=3, name="count_params", reference=count_params, cases=count_cases,
-    compare=compare_count, forbidden=("gptcourse.model.count_params", "gptcourse.model.GPT"),
+    id="lab08.count_params",
+    points=3,
+    name="count_params",
+    reference=count_params,
+    cases=count_cases,
+    compare=compare_count,
+    forbidden=("gptcourse.model.count_params", "gptcourse.model.GPT"),
     hint="go through Exercise 3's list term by term: embeddings, then per block c_attn, c_proj, the MLP's two layers "
-         "and two LayerNorms (biases and shifts only with config.bias), then the final LayerNorm; return an int",
+    "and two LayerNorms (biases and shifts only with config.bias), then the final LayerNorm; return an int",
     misconceptions=tuple(Misconception(name, _count(name), hint) for name, hint in COUNT_HINTS.items()),
 )
 

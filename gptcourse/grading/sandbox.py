@@ -39,8 +39,15 @@ class Limits:
     open_files: int = 1024
 
     def prlimit(self) -> list[str]:
-        return ["prlimit", f"--cpu={self.cpu_seconds}", f"--as={self.memory_bytes}", f"--fsize={self.file_bytes}",
-                f"--nproc={self.processes}", f"--nofile={self.open_files}", "--"]
+        return [
+            "prlimit",
+            f"--cpu={self.cpu_seconds}",
+            f"--as={self.memory_bytes}",
+            f"--fsize={self.file_bytes}",
+            f"--nproc={self.processes}",
+            f"--nofile={self.open_files}",
+            "--",
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +70,34 @@ class Sandbox:
         box += _reachable(interpreter_paths(), SANDBOX_UID)
         for parent in sorted({str(course.parent), str(workdir.parent)}):  # passable, not listable
             box += ["--perms", "0711", "--dir", parent]
-        box += ["--ro-bind", str(course), str(course), "--bind", str(workdir), str(workdir), "--chdir", str(workdir),
-                "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
-                # the kernel polls its parent pid, which a PID namespace hides; --die-with-parent does that job
-                "--unsetenv", "JPY_PARENT_PID", "--"]
-        drop = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
-                "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+        box += [
+            "--ro-bind",
+            str(course),
+            str(course),
+            "--bind",
+            str(workdir),
+            str(workdir),
+            "--chdir",
+            str(workdir),
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--die-with-parent",
+            "--new-session",
+            # the kernel polls its parent pid, which a PID namespace hides; --die-with-parent does that job
+            "--unsetenv",
+            "JPY_PARENT_PID",
+            "--",
+        ]
+        drop = [
+            "setpriv",
+            f"--reuid={SANDBOX_UID}",
+            f"--regid={SANDBOX_UID}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]
         return box + drop + limited
 
 
@@ -83,8 +112,11 @@ def choose(require_isolation: bool = False) -> Sandbox:
     elif not _bwrap_works():
         why = "bwrap is installed but cannot create namespaces here"
     else:
-        return Sandbox("isolated", "kernels run as an unprivileged user in their own PID namespace, with a "
-                                   "read-only file system except their own folder")
+        return Sandbox(
+            "isolated",
+            "kernels run as an unprivileged user in their own PID namespace, with a "
+            "read-only file system except their own folder",
+        )
     if require_isolation:
         raise RuntimeError(f"isolated grading is not possible: {why}")
     return Sandbox("basic", f"{why}; kernels run as this user under resource limits (see gptcourse.grading.sandbox)")
@@ -94,8 +126,9 @@ def _bwrap_works() -> bool:
     import subprocess
 
     try:
-        done = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--", "true"],
-                              capture_output=True, timeout=20)
+        done = subprocess.run(
+            ["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--", "true"], capture_output=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
@@ -113,7 +146,7 @@ def _reachable(paths: list[Path], uid: int) -> list[str]:
             ancestor = Path(*path.parts[:depth])
             mode = ancestor.stat().st_mode
             if ancestor.stat().st_uid != uid and not mode & stat.S_IXOTH:
-                child = Path(*path.parts[:depth + 1])
+                child = Path(*path.parts[: depth + 1])
                 if ancestor not in covered:
                     args += ["--tmpfs", str(ancestor)]
                     covered.add(ancestor)

@@ -117,8 +117,9 @@ def parse_cells(student: Any) -> tuple[list[Any], list[ast.Module | None], dict[
     return cells, trees, _aliases([t for t in trees if t is not None])
 
 
-def flags(parsed: tuple[list[Any], list[ast.Module | None], dict[str, str]],
-          solution: Solution) -> dict[str, list[str]]:
+def flags(
+    parsed: tuple[list[Any], list[ast.Module | None], dict[str, str]], solution: Solution
+) -> dict[str, list[str]]:
     """Exercise id -> what the instructor should look at in the student's exercise code
     (``parsed`` from :func:`parse_cells`)."""
     cells, trees, aliases = parsed
@@ -145,20 +146,37 @@ def flags(parsed: tuple[list[Any], list[ast.Module | None], dict[str, str]],
 # Names whose use in a student's cell the instructor should see: the grading machinery, hooks into
 # the interpreter or IPython, and ways to run code that a reader (or this scan) cannot see.
 SUSPICIOUS = {
-    "gptcourse.grading.harness": "the grading harness", "gptcourse.grading.collect": "the grader's collector",
-    "gptcourse.grading.spec": "the exercise specs", "gptcourse.grade": "the grader",
-    "sys.settrace": "a tracer", "sys.setprofile": "a profiler hook", "threading.settrace": "a tracer",
-    "sys.meta_path": "an import hook", "sys.path_hooks": "an import hook", "sys.modules": "the module table",
-    "builtins": "the builtins", "__builtins__": "the builtins", "signal.signal": "a signal handler",
-    "ctypes": "raw memory access", "gc.get_referrers": "the garbage collector", "os.setsid": "a detached process",
-    "os.fork": "a forked process", "subprocess": "a subprocess", "threading.Thread": "a thread",
-    "exec": "exec", "eval": "eval", "compile": "compile", "__import__": "__import__", "importlib": "importlib",
+    "gptcourse.grading.harness": "the grading harness",
+    "gptcourse.grading.collect": "the grader's collector",
+    "gptcourse.grading.spec": "the exercise specs",
+    "gptcourse.grade": "the grader",
+    "sys.settrace": "a tracer",
+    "sys.setprofile": "a profiler hook",
+    "threading.settrace": "a tracer",
+    "sys.meta_path": "an import hook",
+    "sys.path_hooks": "an import hook",
+    "sys.modules": "the module table",
+    "builtins": "the builtins",
+    "__builtins__": "the builtins",
+    "signal.signal": "a signal handler",
+    "ctypes": "raw memory access",
+    "gc.get_referrers": "the garbage collector",
+    "os.setsid": "a detached process",
+    "os.fork": "a forked process",
+    "subprocess": "a subprocess",
+    "threading.Thread": "a thread",
+    "exec": "exec",
+    "eval": "eval",
+    "compile": "compile",
+    "__import__": "__import__",
+    "importlib": "importlib",
     "get_ipython": "IPython's internals",
 }
 
 
-def suspicious(parsed: tuple[list[Any], list[ast.Module | None], dict[str, str]],
-               solution_sources: set[str]) -> list[str]:
+def suspicious(
+    parsed: tuple[list[Any], list[ast.Module | None], dict[str, str]], solution_sources: set[str]
+) -> list[str]:
     """What in the student's own cells (those not identical to a cell of the solution) touches the
     grading machinery or the interpreter: flags for a reader, not verdicts (``parsed`` from
     :func:`parse_cells`)."""

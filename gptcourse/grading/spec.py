@@ -67,6 +67,7 @@ def describe(value: Any) -> str:
 
 # --- comparisons: each returns what is wrong (a sentence) or None ------------------------------------
 
+
 def close(atol: float = 1e-5, rtol: float = 1e-4) -> Compare:
     """Equal within tolerance, element by element, through tuples, lists and dicts; the message
     names the first wrong place (its index, the value got and expected)."""
@@ -106,8 +107,10 @@ def _difference(got: Any, expected: Any, where: str, atol: float, rtol: float) -
             return None
         err = (g - e).abs().nan_to_num(nan=math.inf).masked_fill(~bad, -1)
         index = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
-        return (f"is wrong{at} at index {index}: got {g[index].item():.6g}, expected {e[index].item():.6g} "
-                f"({int(bad.sum())} of {bad.numel()} values differ)")
+        return (
+            f"is wrong{at} at index {index}: got {g[index].item():.6g}, expected {e[index].item():.6g} "
+            f"({int(bad.sum())} of {bad.numel()} values differ)"
+        )
     if isinstance(expected, bool) or expected is None or isinstance(expected, (str, bytes)):
         if type(got) is type(expected) and got == expected:
             return None
@@ -148,6 +151,7 @@ def _difference(got: Any, expected: Any, where: str, atol: float, rtol: float) -
 
 
 # --- helpers for drivers -------------------------------------------------------------------------------
+
 
 def load_reference_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Load the reference's parameters into the learner's ``module``: every parameter of the

@@ -18,8 +18,21 @@ import torch
 
 MAX_BYTES = 64 * 2**20  # a kernel's reply larger than this is refused
 MAX_DEPTH = 32
-_DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
-                               torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool)}
+_DTYPES = {
+    str(d): d
+    for d in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
+}
 _TAGS = ("__tensor__", "__tuple__", "__dict__", "__bytes__", "__float__")
 
 
@@ -40,8 +53,11 @@ def encode(value: Any, _depth: int = 0) -> Any:
         if str(t.dtype) not in _DTYPES:
             raise ValueFormatError(f"a tensor of dtype {t.dtype} cannot be graded")
         data = t.float().flatten().tolist() if t.dtype in (torch.float16, torch.bfloat16) else t.flatten().tolist()
-        return {"__tensor__": str(t.dtype), "shape": list(t.shape), "data": [encode(x, _depth + 1) for x in data]
-                if t.is_floating_point() else data}
+        return {
+            "__tensor__": str(t.dtype),
+            "shape": list(t.shape),
+            "data": [encode(x, _depth + 1) for x in data] if t.is_floating_point() else data,
+        }
     if isinstance(value, bytes):
         return {"__bytes__": value.hex()}
     if isinstance(value, tuple):
@@ -50,8 +66,10 @@ def encode(value: Any, _depth: int = 0) -> Any:
         return [encode(v, _depth + 1) for v in value]
     if isinstance(value, dict):
         return {"__dict__": [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in value.items()]}
-    raise ValueFormatError(f"a {type(value).__module__}.{type(value).__qualname__} cannot be graded: return "
-                           "tensors, numbers, strings, bytes, lists, tuples or dicts of these")
+    raise ValueFormatError(
+        f"a {type(value).__module__}.{type(value).__qualname__} cannot be graded: return "
+        "tensors, numbers, strings, bytes, lists, tuples or dicts of these"
+    )
 
 
 def decode(data: Any, _depth: int = 0) -> Any:
@@ -91,12 +109,14 @@ def decode(data: Any, _depth: int = 0) -> Any:
     values = [decode(v, _depth + 1) for v in _list(data.get("data"))]
     if math.prod(shape) != len(values) or not all(isinstance(v, (bool, int, float)) for v in values):
         raise ValueFormatError("tensor data does not match its shape")
-    return torch.tensor(values, dtype=torch.float64 if dtype in (torch.float16, torch.bfloat16) else dtype
-                        ).reshape(shape).to(dtype)
+    return (
+        torch.tensor(values, dtype=torch.float64 if dtype in (torch.float16, torch.bfloat16) else dtype)
+        .reshape(shape)
+        .to(dtype)
+    )
 
 
 def _list(data: Any) -> list:
     if not isinstance(data, list):
         raise ValueFormatError("expected a list")
     return data
-
