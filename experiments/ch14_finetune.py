@@ -14,12 +14,13 @@ sets the head's initial weights and the order of the batches. The held-out accur
 ``L2`` are measured every ``--eval-every`` steps: the learning curves, which show whether the runs
 have converged. The chapter parses the printed output (``run`` and ``curve`` lines).
 
-Run (about five minutes per run of 800 steps on one thread at the cpu size, an hour for the twelve,
-plus the pre-training the first time (about 20 minutes alone), which trains the shared checkpoint:
-run the chapter or one sweep first, so that two processes do not both train it). An earlier sweep of
-400 steps, whose held-out accuracy was still rising at its end, is kept in
-``experiments/results/ch14_finetune_400steps.txt`` (``--steps 400 --eval-every 50``): the chapter
-shows why the runs are this long)::
+Each run of 800 steps takes about five minutes on one thread at the cpu size, an hour for the
+twelve. The first run also pre-trains the shared checkpoint (the recipe of
+Chapter 10's model, which takes 300 s on 2 threads there; here the context is 96 characters, not
+64): run the chapter or one sweep first, so that two processes do not both train it. An earlier
+sweep of 400 steps, whose held-out accuracy was still rising at its end, is kept in
+``experiments/results/ch14_finetune_400steps.txt`` (``--steps 400 --eval-every 50``); the chapter
+shows why the runs are this long::
 
     OMP_NUM_THREADS=1 python experiments/ch14_finetune.py --size cpu | tee experiments/results/ch14_finetune.txt
     OMP_NUM_THREADS=1 python experiments/ch14_finetune.py --size smoke     # seconds: checks the script
