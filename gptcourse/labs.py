@@ -7,6 +7,9 @@
 * outputs and execution counts are cleared;
 * graded cells (cell tag ``grade``; metadata ``gptcourse: {exercise, points}``) are kept as they are.
 
+``python -m gptcourse.labs count`` prints the lines of code each lab asks the learner to write (non-blank,
+non-comment lines inside the solution blocks).
+
 It also rewrites the header of every notebook in ``chapters/``, ``solutions/`` and ``labs/``, built
 from ``repository.url`` and ``repository.branch`` in ``_config.yml`` (one place to change on a fork):
 
@@ -126,6 +129,29 @@ def strip_solutions(source: str) -> str:
     return "\n".join(out)
 
 
+def learner_lines(source: str) -> int:
+    """Lines a learner writes in ``source``: the non-blank lines inside its ``BEGIN SOLUTION .. END
+    SOLUTION`` blocks that are not comments (the measure the labs issue sets: at least 800 in all)."""
+    count, inside = 0, False
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped in (BEGIN, END):
+            inside = stripped == BEGIN
+        elif inside and stripped and not stripped.startswith("#"):
+            count += 1
+    return count
+
+
+def learner_line_counts(root: Path = ROOT) -> dict[str, int]:
+    """``{solution notebook name: learner lines}`` for every notebook in ``solutions/``."""
+    return {
+        path.name: sum(
+            learner_lines(c.source) for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"
+        )
+        for path in sorted((root / "solutions").glob("*.ipynb"))
+    }
+
+
 def make_lab(solution: nbformat.NotebookNode, relpath: str, root: Path = ROOT) -> nbformat.NotebookNode:
     """The student notebook for a solution notebook (``relpath`` is the lab's own path)."""
     lab = with_header(solution, relpath, root)
@@ -199,11 +225,17 @@ def check(root: Path = ROOT) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gptcourse.labs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["build", "check"])
+    parser.add_argument("command", choices=["build", "check", "count"])
     args = parser.parse_args(argv)
     if args.command == "build":
         for path in build():
             print(f"wrote {path.relative_to(ROOT)}")
+        return 0
+    if args.command == "count":
+        counts = learner_line_counts()
+        for name, lines in counts.items():
+            print(f"{name:<32}{lines:>5}")
+        print(f"{'learner lines in all':<32}{sum(counts.values()):>5}")
         return 0
     problems = check()
     for problem in problems:

@@ -36,6 +36,25 @@ def test_strip_solutions_rejects_unbalanced_markers(source):
         labs.strip_solutions(source)
 
 
+def test_learner_lines_count_the_code_inside_solution_blocks_only():
+    source = "\n".join(
+        [
+            "def f(x):",
+            "    ### BEGIN SOLUTION",
+            "    # a comment",
+            "",
+            "    y = x + 1",
+            "    return y",
+            "    ### END SOLUTION",
+            "print(f(1))",
+        ]
+    )
+    assert labs.learner_lines(source) == 2
+    counts = labs.learner_line_counts()
+    assert set(counts) == {p.name for p in (labs.ROOT / "solutions").glob("*.ipynb")}
+    assert all(n > 0 for n in counts.values())  # every lab asks for some code
+
+
 def test_make_lab_clears_outputs_and_keeps_graded_cells():
     solution = nbformat.v4.new_notebook(
         cells=[
