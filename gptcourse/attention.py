@@ -80,7 +80,7 @@ class LayerCache:
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's ``(B, nkv, T, hd)`` keys and values; return all of them, ``(B, nkv, S, hd)``."""
-        if self.keys is not None:
+        if self.keys is not None and self.values is not None:
             k = torch.cat([self.keys, k], dim=2)
             v = torch.cat([self.values, v], dim=2)
         self.keys, self.values = k, v

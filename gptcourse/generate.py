@@ -17,6 +17,7 @@ import torch
 
 from gptcourse.attention import KVCache
 from gptcourse.loops import evaluating
+from gptcourse.model import config_of
 
 
 def filter_logits(
@@ -98,7 +99,8 @@ def generate(
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     if idx.dim() != 2 or idx.dtype != torch.long:
         raise ValueError(f"idx must be a (B, T) tensor of int64 token ids, got {tuple(idx.shape)} {idx.dtype}")
-    block_size = model.config.block_size
+    config = config_of(model)
+    block_size = config.block_size
     start, cache = max(0, idx.size(1) - block_size), None
     with evaluating(model):
         for _ in range(max_new_tokens):
@@ -108,7 +110,7 @@ def generate(
             if cache is not None:
                 logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
             else:
-                cache = KVCache(model.config.n_layer) if use_cache else None
+                cache = KVCache(config.n_layer) if use_cache else None
                 logits, _ = model(idx[:, start:], cache=cache, last_only=True)
             logits = apply_repetition_penalty(logits[:, -1, :].float(), idx[:, -block_size:], repetition_penalty)
             if temperature == 0:

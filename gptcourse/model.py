@@ -112,6 +112,16 @@ class GPTConfig:
         return asdict(self)
 
 
+def config_of(model: nn.Module) -> GPTConfig:
+    """The :class:`GPTConfig` of ``model`` (a :class:`GPT`, a chapter's own copy of one, or either
+    wrapped by ``torch.compile``): what the trainer and the sampler read besides the forward.
+    Raises ``TypeError`` for a module without one, naming it."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"{type(model).__name__} has no GPTConfig in .config: the trainer and the sampler need one")
+    return config
+
+
 class Block(nn.Module):
     """One pre-LN Transformer block (GPT-2): ``x + attn(LN(x))``, then ``x + ffn(LN(x))``.
 
@@ -176,6 +186,18 @@ def positions(config: GPTConfig) -> nn.Module:
     return NoPositions()
 
 
+class Trunk(nn.ModuleDict):
+    """GPT-2's ``transformer``: a ``ModuleDict`` whose keys make the parameter names
+    (``transformer.wte.weight``, ``transformer.h.0.attn.c_attn.weight``, ...) that GPT-2's weights and
+    every chapter's equality check load. The annotations only tell a type checker what each key holds."""
+
+    wte: nn.Embedding  # token embedding, tied to the output layer
+    drop: nn.Dropout
+    h: nn.ModuleList  # the blocks
+    wpe: nn.Module  # the positions module (``positions(config)``)
+    ln_f: nn.Module  # the final LayerNorm, or nn.Identity without one
+
+
 class GPT(nn.Module):
     """A decoder-only Transformer: ``h0 = U We + Wp``, ``n_layer`` blocks, ``softmax(h_n We^T)``."""
 
@@ -185,9 +207,10 @@ class GPT(nn.Module):
         self.aux_loss: torch.Tensor | None = None  # the MoE load-balancing loss of the last forward
         # the order of registration is the order of the random init below: keep it, or every seeded
         # result of the course (chapters, tests) changes
-        self.transformer = nn.ModuleDict(
+        wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.transformer = Trunk(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=wte,
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([make_block(config) for _ in range(config.n_layer)]),
                 wpe=positions(config),
@@ -196,7 +219,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output layer reads the token embedding matrix (We^T)
-        self.lm_head.weight = self.transformer.wte.weight
+        self.lm_head.weight = wte.weight
         self.apply(self._init_weights)
         if config.scale_residual_init:
             # each block adds two residual branches; keep the stream's variance from growing with depth
@@ -237,7 +260,11 @@ class GPT(nn.Module):
         transpose of ``nn.Linear``'s ``(out, in)``; those four matrices per block are transposed.
         """
         hf_config = getattr(hf_model, "config", None)
-        if getattr(hf_config, "model_type", None) != "gpt2" or not hasattr(hf_model, "transformer"):
+        if (
+            hf_config is None
+            or getattr(hf_config, "model_type", None) != "gpt2"
+            or not hasattr(hf_model, "transformer")
+        ):
             raise TypeError(f"GPT.from_hf expects a transformers GPT2LMHeadModel, got {type(hf_model).__name__}")
         unsupported = {
             "activation_function": (hf_config.activation_function, ("gelu_new", "gelu_pytorch_tanh")),

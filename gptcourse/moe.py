@@ -183,6 +183,7 @@ class MoE(nn.Module):
         assignment gets a row of an ``(E, capacity + 1, C)`` grid (its expert, its place in the
         queue); the extra row of each expert collects the dropped ones and its output is never used."""
         (N, C), k = flat.shape, experts.size(1)
+        assert self.capacity_factor is not None  # __init__ chooses this dispatch only with a capacity
         capacity = expert_capacity(N, self.n_expert, k, self.capacity_factor)
         slot = expert_slots(experts, self.n_expert)
         keep = slot < capacity

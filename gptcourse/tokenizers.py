@@ -177,7 +177,7 @@ class BPETokenizer:
         for idx in tqdm(range(256, vocab_size), desc="BPE merges", disable=not verbose):
             if not stats:
                 break  # every chunk is a single token: nothing left to merge
-            pair = max(stats, key=stats.get)
+            pair = max(stats, key=stats.__getitem__)
             saved = 0
             for c in where.pop(pair):
                 ids, w = chunks[c], weights[c]

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 from gptcourse.data import get_batch
 from gptcourse.hardware import peak_flops
 from gptcourse.loops import evaluating, optimizer_step
+from gptcourse.model import config_of
 from gptcourse.moe import active_params
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -110,7 +112,7 @@ def flops_per_token(model: torch.nn.Module) -> float:
     (forward 2N, backward 4N) plus ``12 L T C`` for attention's scores and weighted sums (PaLM,
     appendix B). ``N`` counts a mixture of experts' active parameters only: the experts a token
     is not routed to do no work for it, so counting them would overstate the MFU."""
-    cfg = model.config
+    cfg = config_of(model)
     return 6 * active_params(model) + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
@@ -175,7 +177,7 @@ def estimate_loss(
     """Mean loss over ``iters`` random batches ``(batch_size, block_size)`` of the 1-D ``data``; the
     same batches every call (a fixed ``seed``), so that two evaluations differ only because the model did."""
     generator = torch.Generator().manual_seed(seed)
-    block_size = model.config.block_size
+    block_size = config_of(model).block_size
     losses = []
     with evaluating(model):
         for _ in range(iters):
@@ -214,7 +216,8 @@ def train_step(
     total = torch.zeros((), device=x.device)
     for i, (xm, ym) in enumerate(zip(x.chunk(accum_steps), y.chunk(accum_steps))):
         last = i == accum_steps - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel's: skip the all-reduce
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast:
                 _, loss = model(xm, ym)
@@ -278,7 +281,7 @@ def train(
         raise ValueError("this GPU does not support bf16; use precision='fp16' (or 'auto')")
     model.to(device)
     model.train()
-    raw_model = model
+    raw_model, model_config = model, config_of(model)
     optimizer = configure_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2), device)
     scaler = torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
     autocast = autocast_context(device, precision)
@@ -288,7 +291,7 @@ def train(
     ckpt = config.checkpoint_path
     if ckpt is not None and os.path.exists(ckpt):
         state = load_checkpoint(ckpt)
-        if state["model_config"] != raw_model.config.to_dict():
+        if state["model_config"] != model_config.to_dict():
             raise ValueError(
                 f"checkpoint {ckpt} was saved from a different model configuration: "
                 f"{state['model_config']}; delete it or train that model"
@@ -302,17 +305,17 @@ def train(
             torch.set_rng_state(state["rng"][rank])
         history, step = History(**state["history"]), state["step"]
     if config.compile:
-        model = torch.compile(model)
+        model = cast(torch.nn.Module, torch.compile(model))  # an OptimizedModule: still a Module
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[torch.device(device)] if on_cuda else None)
     peak = peak_flops(torch.cuda.get_device_name(device) if on_cuda else str(device), precision)
     model_flops = flops_per_token(raw_model)
-    tokens_per_step = config.batch_size * config.grad_accum_steps * world * raw_model.config.block_size
-    eval_model = model.module if world > 1 else model  # evaluation needs no gradient sync
+    tokens_per_step = config.batch_size * config.grad_accum_steps * world * model_config.block_size
+    eval_model = cast(torch.nn.Module, model.module) if world > 1 else model  # evaluation needs no gradient sync
     bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress or rank != 0, desc="training")
-    block_size = raw_model.config.block_size
+    block_size = model_config.block_size
     per_process = config.batch_size * config.grad_accum_steps
     start = time.perf_counter() - (history.elapsed[-1] if history.elapsed else 0.0)
     window_start, window_steps = time.perf_counter(), 0
@@ -357,13 +360,11 @@ def train(
             history.elapsed.append(time.perf_counter() - start)
             bar.set_postfix(train=f"{history.eval_train_loss[-1]:.3f}", val=f"{history.eval_val_loss[-1]:.3f}")
             if ckpt is not None:
-                rng = torch.get_rng_state()
-                if world > 1:
-                    rng_all = [None] * world
-                    dist.all_gather_object(rng_all, rng)
+                rng: list = [torch.get_rng_state()]
+                if world > 1:  # every process's dropout generator, so that each resumes its own
+                    rng_all: list = [None] * world
+                    dist.all_gather_object(rng_all, rng[0])
                     rng = rng_all
-                else:
-                    rng = [rng]
                 if rank == 0:
                     save_checkpoint(
                         ckpt,
@@ -375,7 +376,7 @@ def train(
                             "rng": rng,
                             "history": asdict(history),
                             "step": step,
-                            "model_config": raw_model.config.to_dict(),
+                            "model_config": model_config.to_dict(),
                             "train_config": asdict(config),
                         },
                     )

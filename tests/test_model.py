@@ -10,7 +10,17 @@ import torch
 
 from gptcourse.attention import KVCache
 from gptcourse.generate import generate
-from gptcourse.model import GPT, PRESETS, Block, GPTConfig, PostNormBlock, count_params, make_block, preset_config
+from gptcourse.model import (
+    GPT,
+    PRESETS,
+    Block,
+    GPTConfig,
+    PostNormBlock,
+    config_of,
+    count_params,
+    make_block,
+    preset_config,
+)
 
 TINY = dict(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
@@ -148,6 +158,13 @@ def test_count_params_of_published_models():
     assert round(count_params(preset_config("gpt2-large")) / 1e6) == 774
     assert round(count_params(preset_config("gpt2-xl")) / 1e8) == 16  # "1.5B" is 1.56B
     assert round(count_params(preset_config("gpt3")) / 1e9) == 175
+
+
+def test_config_of_reads_a_gpt_and_names_a_module_without_one():
+    model = GPT(GPTConfig(**TINY))
+    assert config_of(model) is model.config
+    with pytest.raises(TypeError, match="Linear has no GPTConfig"):
+        config_of(torch.nn.Linear(2, 2))
 
 
 def test_unknown_preset():
