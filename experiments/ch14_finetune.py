@@ -16,9 +16,9 @@ have converged. The chapter parses the printed output (``run`` and ``curve`` lin
 
 Each run of 800 steps takes about five minutes on one thread at the cpu size, an hour for the
 twelve. The first run also pre-trains the shared checkpoint (the recipe of
-Chapter 10's model, which takes 300 s on 2 threads there; here the context is 96 characters, not
-64): run the chapter or one sweep first, so that two processes do not both train it. An earlier
-sweep of 400 steps, whose held-out accuracy was still rising at its end, is kept in
+Chapter 10's model, whose training time Chapter 10 prints, 5-10 minutes on 2 threads; here the
+context is 96 characters, not 64): run the chapter or one sweep first, so that two processes do not
+both train it. An earlier sweep of 400 steps, whose held-out accuracy was still rising at its end, is kept in
 ``experiments/results/ch14_finetune_400steps.txt`` (``--steps 400 --eval-every 50``); the chapter
 shows why the runs are this long::
 
