@@ -16,7 +16,7 @@ import argparse
 import time
 
 from gptcourse.data import load_text
-from gptcourse.tokenizers import BPETokenizer, gpt2_encoding
+from gptcourse.tokenizers import BPETokenizer, _utf8, gpt2_encoding
 
 
 def best_time(fn, repeats: int) -> float:
@@ -45,7 +45,7 @@ def main() -> None:
         raise SystemExit("the Python BPE and tiktoken disagree: the benchmark would compare different work")
 
     def uncached() -> list[int]:  # the merge loop on every chunk, repeated chunks included
-        return [i for chunk in ours._chunks(text) for i in ours._encode_chunk(chunk.encode("utf-8"))]
+        return [i for chunk in ours._chunks(text) for i in ours._encode_chunk(_utf8(chunk))]
 
     if uncached() != ids:
         raise SystemExit("the uncached loop disagrees with tiktoken: the benchmark would compare different work")

@@ -288,6 +288,12 @@ class Comparison:
     rejected: str
 
 
+def comparison_pairs(comparisons: list[Comparison]) -> list[tuple[str, str]]:
+    """The ``(prompt, response)`` pairs of ``comparisons``: every chosen response, then every rejected
+    one, so that the scores of a batch split as ``[:n]`` (chosen) and ``[n:]`` (rejected)."""
+    return [(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons]
+
+
 def collect_comparisons(
     model: GPT, prompts: list[str], k: int = 4, seed: int = 0, min_gap: float = 0.0, device: str = "cpu"
 ) -> list[Comparison]:
@@ -323,7 +329,7 @@ def train_reward_model(
     losses = []
     for _ in tqdm(range(steps), disable=not progress, desc="reward model"):
         batch = rng.sample(comparisons, min(batch_size, len(comparisons)))
-        r = rm.score([(c.prompt, c.chosen) for c in batch] + [(c.prompt, c.rejected) for c in batch], device)
+        r = rm.score(comparison_pairs(batch), device)
         loss = preference_loss(r[: len(batch)], r[len(batch) :])
         losses.append(_update(rm, optimizer, loss))
     return losses
@@ -332,9 +338,7 @@ def train_reward_model(
 def preference_accuracy(rm: RewardModel, comparisons: list[Comparison], device: str = "cpu") -> float:
     """How often the reward model ranks the labeller's preferred response higher."""
     with evaluating(rm):
-        r = rm.score(
-            [(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons], device
-        )
+        r = rm.score(comparison_pairs(comparisons), device)
     n = len(comparisons)
     return (r[:n] > r[n:]).float().mean().item()
 
@@ -458,6 +462,18 @@ def ppo(
     return history
 
 
+def dpo_margin(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """The implicit reward margin ``β·[(log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))]``
+    ``(B,)`` of sequence log-probabilities ``(B,)``: positive where the policy ranks a pair as the labeller did."""
+    return beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+
+
 def dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -466,9 +482,8 @@ def dpo_loss(
     beta: float = 0.1,
 ) -> torch.Tensor:
     """DPO (Rafailov et al., 2023), the alternative to steps 2+3: no reward model, no sampling;
-    ``-log σ(β·[(log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))])`` on sequence
-    log-probabilities ``(B,)`` of the preferred and rejected responses."""
-    return -F.logsigmoid(beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))).mean()
+    ``-log σ(`` :func:`dpo_margin` ``)``, averaged over the batch of preferred and rejected responses."""
+    return -F.logsigmoid(dpo_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)).mean()
 
 
 def comparison_logprobs(
@@ -476,8 +491,7 @@ def comparison_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probabilities ``log π(y|x)`` ``(B,)`` of the chosen and of the rejected responses,
     in one forward pass over both (right padding does not reach the response: attention is causal)."""
-    pairs = [(c.prompt, c.chosen) for c in comparisons] + [(c.prompt, c.rejected) for c in comparisons]
-    idx, targets, _ = encode_pairs(pairs, tokenizer(), device)
+    idx, targets, _ = encode_pairs(comparison_pairs(comparisons), tokenizer(), device)
     logp = response_logprobs(model, idx, targets).sum(-1)
     return logp[: len(comparisons)], logp[len(comparisons) :]
 
@@ -518,7 +532,7 @@ def dpo(
             ref_chosen, ref_rejected = comparison_logprobs(reference, batch, device)
         chosen, rejected = comparison_logprobs(policy, batch, device)
         loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
-        margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
+        margin = dpo_margin(chosen, rejected, ref_chosen, ref_rejected, beta).detach()
         history.loss.append(_update(policy, optimizer, loss, grad_clip=1.0))
         history.margin.append(margin.mean().item())
         history.accuracy.append((margin > 0).float().mean().item())
