@@ -15,6 +15,9 @@ from ``repository.url`` and ``repository.branch`` in ``_config.yml`` (one place 
 
 * an "Open in Colab" badge, first;
 * the notebook's title cell (its own, kept where it is);
+* in a lab (and its solution), a cell with the expected time (the notebook's metadata
+  ``gptcourse.minutes``), where the learner's modules are saved, and the request to AI assistants to
+  explain and review rather than write the exercise code (``AGENTS.md``);
 * an install cell that pip-installs this package when running in Colab. It carries the cell tag
   ``remove-cell``, which Jupyter Book honours: on the website the lesson opens with its prose;
 * the setup cell, ``setup()``, which prints the device and size line the outputs came from. It is
@@ -37,8 +40,8 @@ import yaml
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 GRADE_TAG = "grade"
-BADGE_TAG, INSTALL_TAG, SETUP_TAG = "colab-badge", "colab-install", "colab-setup"
-HEADER_TAGS = (BADGE_TAG, INSTALL_TAG, SETUP_TAG)
+BADGE_TAG, INSTALL_TAG, SETUP_TAG, INTRO_TAG = "colab-badge", "colab-install", "colab-setup", "lab-intro"
+HEADER_TAGS = (BADGE_TAG, INSTALL_TAG, SETUP_TAG, INTRO_TAG)
 # Jupyter Book leaves a cell with this tag off the page (the cell still runs in Colab and in tests)
 BOOK_REMOVE_TAG = "remove-cell"
 NOTEBOOK_DIRS = ("chapters", "solutions", "labs")
@@ -86,6 +89,24 @@ def header_cells(relpath: str, root: Path = ROOT) -> list[nbformat.NotebookNode]
     return [badge, install, setup]
 
 
+def lab_intro_cell(minutes: int, root: Path = ROOT) -> nbformat.NotebookNode:
+    """The cell under a lab's title: how long it takes, how it gives feedback, and the request to AI
+    assistants (the convention Stanford's CS336 asks of them)."""
+    url, branch = repository(root)
+    cell = nbformat.v4.new_markdown_cell(
+        f"**About {minutes} minutes.** You write each exercise yourself from its specification (the "
+        "docstring, the shapes, the equation); its graded cell runs your code on fresh inputs and says "
+        "what is wrong, with a hint that points to the idea. Pieces you will reuse are saved as files "
+        "(`%%writefile`) in your work folder, so later labs run on your own modules (in Colab, the folder "
+        "is in your Google Drive).\n\n"
+        "**Using an AI assistant?** Ask it to explain and to review what you wrote, not to write the "
+        f"exercise code for you: see the course's [notes for AI assistants]({url}/blob/{branch}/AGENTS.md).",
+        metadata={"tags": [INTRO_TAG]},
+    )
+    cell.id = INTRO_TAG
+    return cell
+
+
 def _tags(cell: nbformat.NotebookNode) -> list[str]:
     return cell.get("metadata", {}).get("tags", [])
 
@@ -103,7 +124,9 @@ def with_header(nb: nbformat.NotebookNode, relpath: str, root: Path = ROOT) -> n
     )
     body = [c for c in nb.cells if not set(HEADER_TAGS) & set(_tags(c))]
     title = [body.pop(0)] if body and body[0].cell_type == "markdown" else []
-    nb.cells = [badge] + title + [install, setup] + body
+    minutes = nb.metadata.get("gptcourse", {}).get("minutes")
+    intro = [lab_intro_cell(int(minutes), root)] if minutes else []
+    nb.cells = [badge] + title + intro + [install, setup] + body
     return nb
 
 
@@ -218,8 +241,11 @@ def check(root: Path = ROOT) -> list[str]:
         if p not in expected
     ]
     for path in sorted((root / "solutions").glob("lab*.ipynb")):
-        if not graded_cells(nbformat.read(path, as_version=4)):
+        nb = nbformat.read(path, as_version=4)
+        if not graded_cells(nb):
             problems.append(f"{path.relative_to(root)} has no graded cell (tag {GRADE_TAG!r})")
+        if not nb.metadata.get("gptcourse", {}).get("minutes"):
+            problems.append(f"{path.relative_to(root)} does not say its expected time (metadata gptcourse.minutes)")
     return problems
 
 

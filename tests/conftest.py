@@ -5,11 +5,17 @@ GPTCOURSE_REQUIRE_DATA=1 (CI), where a test that cannot get them fails: a skippe
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+# the labs save the learner's modules in $GPTCOURSE_WORK (gptcourse.learner): in tests, a fresh folder
+# per worker (inherited by the notebooks' kernels), never the developer's own work folder
+os.environ["GPTCOURSE_WORK"] = tempfile.mkdtemp(
+    prefix=f"gptcourse-work-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-"
+)
 
 
 def _unavailable(

@@ -105,12 +105,13 @@ def test_every_solution_has_a_lab():
 
 
 @pytest.mark.parametrize("path", LABS, ids=[p.stem for p in LABS])
-def test_unsolved_lab_fails_graded_cells_with_not_implemented_only(path):
+def test_unsolved_lab_fails_graded_cells_with_not_implemented_only(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb, timeout=600, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(path.parent)}}
     )
-    client.execute(env=dict(os.environ, GPTCOURSE_SIZE="smoke"))
+    # its own work folder: the unfinished modules it saves are not those the solutions run on
+    client.execute(env=dict(os.environ, GPTCOURSE_SIZE="smoke", GPTCOURSE_WORK=str(tmp_path)))
     graded = labs.graded_cells(nb)
     assert graded, f"{path.name} has no graded cells"
     problems = []
