@@ -66,12 +66,17 @@ def test_badge_install_cell_and_launch_button_agree(path):
     rel = path.relative_to(ROOT).as_posix()
     repo, branch = _repository()
     nb = nbformat.read(path, as_version=4)
-    badges, installs, setups = (_tagged(nb, tag) for tag in labs.HEADER_TAGS)
+    badges, installs, setups, intros = (_tagged(nb, tag) for tag in labs.HEADER_TAGS)
     assert len(badges) == 1 and nb.cells[0] is badges[0], f"{rel}: the first cell must be the one Colab badge"
     assert len(installs) == 1 and installs[0].cell_type == "code", f"{rel}: needs exactly one install cell"
     assert len(setups) == 1 and setups[0].cell_type == "code", f"{rel}: needs exactly one setup cell"
     where = nb.cells.index(installs[0])
-    assert where <= 2, f"{rel}: the install cell must come right after the title"
+    if rel.startswith(("labs/", "solutions/")):
+        # a lab says how long it takes and how it is checked before anything runs
+        assert len(intros) == 1 and nb.cells[where - 1] is intros[0], f"{rel}: the lab intro must precede the install"
+    else:
+        assert not intros, f"{rel}: only labs open with the lab intro"
+    assert where <= 2 + len(intros), f"{rel}: the install cell must come right after the title"
     assert nb.cells[where + 1] is setups[0], f"{rel}: the setup cell must follow the install cell"
 
     badge = BADGE.search(badges[0].source)
