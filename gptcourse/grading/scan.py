@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import difflib
 import io
+import re
 import tokenize
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +30,21 @@ def _tokens(source: str) -> list[str]:
         return source.split()
 
 
+# A lab's reusable exercise is a cell that saves the learner's module (gptcourse.learner): its first
+# line is this magic, the rest is Python, read like any other exercise code.
+WRITEFILE = re.compile(r'%%writefile "\{LEARNER\}/\w+\.py"')
+
+
+def python_of(source: str) -> str:
+    """The Python a cell holds: a learner-module cell (``%%writefile "{LEARNER}/NAME.py"``) without
+    its first line, any other cell as it is."""
+    first, _, rest = source.partition("\n")
+    return rest if WRITEFILE.fullmatch(first.strip()) else source
+
+
 def _parse(source: str) -> ast.Module | None:
     try:
-        return ast.parse(source)
+        return ast.parse(python_of(source))
     except SyntaxError:
         return None
 
@@ -185,7 +198,8 @@ def suspicious(
     for cell, tree in zip(cells, trees):
         if cell.get("source", "").strip() in solution_sources:
             continue
-        if any(line.lstrip().startswith(("%", "!")) for line in cell.get("source", "").splitlines()):
+        # the lab's own %%writefile line is not a magic to flag, and the file's lines are not magics
+        if any(line.lstrip().startswith(("%", "!")) for line in python_of(cell.get("source", "")).splitlines()):
             found.add("runs magics or shell commands")
         if tree is None:
             continue
