@@ -3,6 +3,7 @@ and equivalence with Hugging Face's GPT-2 (a tiny randomly initialised one, buil
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -232,3 +233,18 @@ def test_kv_cache_matches_full_forward_after_from_hf(hf_pair):
     first, _ = model(idx[:, :7], cache=cache)
     rest, _ = model(idx[:, 7:], cache=cache)
     torch.testing.assert_close(torch.cat([first, rest], 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("C", [8, 7])  # an odd width keeps the sine of its last even index
+def test_sinusoidal_codes_are_the_transformers_sines_and_cosines(C):
+    from gptcourse.layers import sinusoidal_positions
+
+    def code(t: int, j: int) -> float:  # Vaswani et al. (2017), section 3.5, one value at a time
+        angle = t / 10000 ** ((j - j % 2) / C)
+        return math.sin(angle) if j % 2 == 0 else math.cos(angle)
+
+    expected = torch.tensor([[code(t, j) for j in range(C)] for t in range(50)])
+    torch.testing.assert_close(sinusoidal_positions(50, C), expected, atol=1e-5, rtol=1e-5)
+    model = GPT(GPTConfig(vocab_size=11, block_size=50, n_layer=1, n_head=1, n_embd=C, pos="sinusoidal"))
+    assert not any("wpe" in k for k in model.state_dict())  # computed, not learned: not saved
+    torch.testing.assert_close(model.transformer.wpe(torch.arange(50)), expected, atol=1e-5, rtol=1e-5)

@@ -143,10 +143,11 @@ def test_one_local_layer_sees_only_its_window():
     assert (diff[10:13] > 0).all() and (diff[:10] == 0).all() and (diff[13:] == 0).all()
 
 
+@pytest.mark.parametrize("n_kv_head", [None, 1])  # MHA, and MQA: one key/value head in the cache
 @pytest.mark.parametrize("attention_kind", ["local", "strided", "fixed", "alternating"])
-def test_sparse_gpt_decodes_with_a_cache_as_without(attention_kind):
+def test_sparse_gpt_decodes_with_a_cache_as_without(attention_kind, n_kv_head):
     torch.manual_seed(2)
-    model = GPT(config(attention=attention_kind)).eval()
+    model = GPT(config(attention=attention_kind, n_kv_head=n_kv_head)).eval()
     idx = torch.randint(0, 13, (2, 20))
     full, _ = model(idx)
     cache = KVCache(model.config.n_layer)

@@ -229,3 +229,25 @@ def test_ddp_on_two_cpu_processes_equals_one_process_with_twice_the_batch(tmp_pa
     single = train(tiny_model(), train_data, val_data, cfg(batch_size=8))
     assert losses[0] == losses[1]  # every process reports the same (all-reduced) loss
     assert losses[0] == pytest.approx(single.train_loss, abs=1e-5)
+
+
+def test_compile_trains_the_compiled_model_and_checkpoints_the_plain_one(tmp_path, monkeypatch):
+    # the eager backend runs the compile path (wrapping, training through the wrapper, saving the
+    # plain model's weights) in seconds; inductor's code generation is the GPU run's business
+    compiled = []
+    real_compile = torch.compile
+
+    def spy(model, **kw):
+        compiled.append(model)
+        return real_compile(model, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    train_data, val_data = tiny_data()
+    eager = train(tiny_model(), train_data, val_data, cfg())
+    path = tmp_path / "compiled.pt"
+    model = tiny_model()
+    history = train(model, train_data, val_data, cfg(compile=True, checkpoint_path=str(path)))
+    assert compiled == [model]
+    assert history.train_loss == pytest.approx(eager.train_loss, abs=1e-5)
+    saved = T.load_checkpoint(path)["model"]
+    assert saved.keys() == model.state_dict().keys()  # no "_orig_mod." prefix: it loads into a plain GPT
