@@ -113,7 +113,10 @@ def test_setup_uses_the_gpu_when_there_is_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert hardware.get_device() == "cuda" and hardware.get_size() == "gpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert hardware.get_device() in ("cpu", "mps") and hardware.get_size() == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # an Apple laptop
+    assert hardware.get_device() == "mps" and hardware.get_size() == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert hardware.get_device() == "cpu" and hardware.get_size() == "cpu"
 
 
 def test_colab_install_cell_runs_pip_only_in_colab(monkeypatch):

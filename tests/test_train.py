@@ -251,3 +251,23 @@ def test_compile_trains_the_compiled_model_and_checkpoints_the_plain_one(tmp_pat
     assert history.train_loss == pytest.approx(eager.train_loss, abs=1e-5)
     saved = T.load_checkpoint(path)["model"]
     assert saved.keys() == model.state_dict().keys()  # no "_orig_mod." prefix: it loads into a plain GPT
+
+
+def test_throughput_counts_the_training_steps_of_each_window_and_not_the_evaluation(monkeypatch):
+    # a clock that moves only when the loop works: 0.25 s per training step, 10 s per loss estimate
+    clock = [100.0]
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock[0])
+
+    def timed(function, seconds):
+        def run(*args, **kw):
+            clock[0] += seconds
+            return function(*args, **kw)
+
+        return run
+
+    monkeypatch.setattr(T, "train_step", timed(T.train_step, 0.25))
+    monkeypatch.setattr(T, "estimate_loss", timed(T.estimate_loss, 10.0))
+    h = train(tiny_model(), *tiny_data(), cfg(max_steps=6, eval_interval=3))
+    tokens_per_step = 4 * 8  # batch_size x block_size
+    assert h.tokens_per_s == pytest.approx([3 * tokens_per_step / 0.75] * 2)  # 128 tokens/s in each window
+    assert h.elapsed == pytest.approx([0.75 + 20, 2 * (0.75 + 20)])  # wall time includes the evaluations
