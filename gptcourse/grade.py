@@ -29,9 +29,11 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import site
 import sys
@@ -41,13 +43,14 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import torch
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from gptcourse import labs
-from gptcourse.grading import harness, sandbox, scan, values
+from gptcourse.grading import harness, outcome, sandbox, scan, values
 from gptcourse.grading.collect import MIME
 from gptcourse.grading.spec import Spec
 
@@ -58,6 +61,17 @@ OUTPUT_BUDGET = 16 * 2**20  # bytes of a notebook's ordinary output the grader k
 _TIMED_OUT = "GradingTimeout"  # the ename of the reply nbclient makes up when a cell runs too long
 KERNEL_NAME = "gptcourse-grade"
 CSV_COLUMNS = ["notebook", "exercise", "points", "max_points", "status", "message", "flags"]
+RESTORE_CELL = (
+    "# Graded by `python -m gptcourse.grade`: your modules, from the checkpoint you submitted\n"
+    "from gptcourse.grading.outcome import restore_modules\n"
+    "restore_modules({checkpoint!r})"
+)
+OUTCOME_CELL = (
+    "# Graded by `python -m gptcourse.grade`: your model's logits on the held-out windows\n"
+    "from gptcourse.grading.outcome import collect_outcome\n"
+    "collect_outcome({inputs!r}, {checkpoint!r}, {builder!r}, nonce={nonce})"
+)
+HELDOUT_INPUTS = "heldout-inputs.pt"
 COLLECT_CELL = (
     "# Graded by `python -m gptcourse.grade`: the outputs of {name} for exercise {exercise}\n"
     "from gptcourse.grading.collect import collect\n"
@@ -102,6 +116,8 @@ class Solution:
         self.lab = path.stem.split("_")[0]
         nb = nbformat.read(path, as_version=4)
         specs = {s.id: s for s in harness.lab_specs(self.lab)}
+        self.outcome: outcome.Outcome | None = harness.lab_outcome(self.lab)
+        self.train_ids = {c.get("id") for c in nb.cells if labs.TRAIN_TAG in c.metadata.get("tags", [])}
         self.exercises: list[Exercise] = []
         self.blocks: dict[str, tuple[str, str]] = {}  # exercise cell id -> (its exercise, the solution cell)
         self.cell_ids = {c.get("id") for c in nb.cells} - set(labs.HEADER_TAGS)  # header ids are in every notebook
@@ -168,18 +184,23 @@ def identify(path: Path, nb: nbformat.NotebookNode | None, solutions: dict[str, 
 
 
 def assemble(
-    student: nbformat.NotebookNode, solution: Solution, seeds: dict[str, int]
+    student: nbformat.NotebookNode, solution: Solution, seeds: dict[str, int], outcome_nonce: int | None = None
 ) -> tuple[nbformat.NotebookNode, dict[int, Exercise]]:
     """The notebook to run: the student's cells, with a collecting cell where each graded cell is.
 
     Returns it and, for each collecting cell, its index. A student's graded cell (matched by
     exercise id or cell id) is replaced; a deleted one is put back after the cell it follows in
-    the solution, or at the end; any other graded cell is dropped."""
+    the solution, or at the end; any other graded cell is dropped. Training cells (tagged, or the
+    solution's) are dropped. With ``outcome_nonce``, for a lab graded by its trained model, a first
+    cell restores the learner's modules from the submitted checkpoint and a last cell reports the
+    model's held-out logits."""
     by_exercise = {e.spec.id: e for e in solution.exercises}
     by_cell_id = {e.cell_id: e for e in solution.exercises}
     placed: set[str] = set()
     cells: list[Any] = []
     for cell in student.cells:
+        if labs.TRAIN_TAG in cell.get("metadata", {}).get("tags", []) or cell.get("id") in solution.train_ids:
+            continue
         if _is_graded(cell) or cell.get("id") in by_cell_id:
             ex = by_exercise.get(_meta(cell).get("exercise")) or by_cell_id.get(cell.get("id"))
             if ex is not None and ex.spec.id not in placed:
@@ -200,6 +221,16 @@ def assemble(
             at += 1
         cells.insert(at + 1, ex)
         placed.add(ex.spec.id)
+    if solution.outcome is not None and outcome_nonce is not None:
+        checkpoint = solution.outcome.checkpoint
+        cells.insert(0, nbformat.v4.new_code_cell(RESTORE_CELL.format(checkpoint=checkpoint)))
+        cells.append(
+            nbformat.v4.new_code_cell(
+                OUTCOME_CELL.format(
+                    inputs=HELDOUT_INPUTS, checkpoint=checkpoint, builder=solution.outcome.builder, nonce=outcome_nonce
+                )
+            )
+        )
     nb = nbformat.v4.new_notebook(
         metadata={"kernelspec": {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}}
     )
@@ -341,12 +372,28 @@ def run_notebook(
     size: str = "smoke",
     keep: Path | None = None,
     package: dict[str, bytes] | None = None,
+    heldout: torch.Tensor | None = None,
 ) -> tuple[list[Result], list[str]]:
-    """Grade one student notebook against ``solution``: ``(results, notes)``."""
+    """Grade one student notebook against ``solution``: ``(results, notes)``.
+
+    For a lab graded by its trained model, ``heldout`` holds the held-out ids and the checkpoint is
+    the file beside the notebook with its name and ``.pt`` (``alice_lab16.pt``)."""
     name = str(path)
     package = read_package() if package is None else package
     seeds = {e.spec.id: secrets.randbelow(2**31) for e in solution.exercises}
-    nb, graded = assemble(student, solution, seeds)
+    task, checkpoint, nonce = solution.outcome, path.with_suffix(".pt"), None
+    targets = torch.empty(0, dtype=torch.long)  # the held-out targets: here only, never in the kernel
+    outcome_rows: list[Result] = []
+    if task is not None:
+        if heldout is None:
+            outcome_rows = _outcome_rows(name, solution, "not run", "the trained model is graded with --heldout FILE")
+        elif not checkpoint.is_file():
+            outcome_rows = _outcome_rows(
+                name, solution, "no result", f"no checkpoint {checkpoint.name} beside the notebook"
+            )
+        else:
+            nonce = secrets.randbelow(2**31)
+    nb, graded = assemble(student, solution, seeds, nonce)
     parsed = scan.parse_cells(student)
     flags = scan.flags(parsed, solution)
     everywhere = scan.suspicious(parsed, solution.sources)
@@ -359,6 +406,10 @@ def run_notebook(
             (course / rel).parent.mkdir(parents=True, exist_ok=True)
             (course / rel).write_bytes(data)
         workdir.mkdir()
+        if task is not None and nonce is not None and heldout is not None:  # the kernel gets inputs, never targets
+            inputs, targets = outcome.heldout_windows(heldout, task.context, task.max_windows)
+            torch.save(inputs, workdir / HELDOUT_INPUTS)
+            shutil.copyfile(checkpoint, workdir / task.checkpoint)
         env = _kernel_env(workdir, size, course)
         if box.uid is not None:  # the kernel's user may pass through the grader's folder, and owns its own
             os.chmod(root, 0o711)
@@ -443,7 +494,45 @@ def run_notebook(
         results.append(
             Result(name, spec.id, points, spec.points, status, message, "; ".join(flags.get(spec.id, []) + everywhere))
         )
-    return results, notes
+    if task is not None and nonce is not None:
+        last = len(nb.cells) - 1
+        outcome_rows = _score_outcome(name, solution, nb.cells[last], nonce, targets, reached.get(last))
+    return results + outcome_rows, notes
+
+
+def _outcome_rows(name: str, solution: Solution, status: str, message: str, loss: float | None = None) -> list[Result]:
+    """One row per target of ``solution``'s outcome; points only for a measured ``loss`` that meets it."""
+    assert solution.outcome is not None
+    rows = []
+    for target, points in outcome.award(math.inf if loss is None else loss, solution.outcome.targets):
+        exercise = f"{solution.lab}.heldout<={target.max_loss:g}"
+        passed = loss is not None and points > 0
+        row_status = status if loss is None else ("passed" if passed else "failed")
+        rows.append(Result(name, exercise, points, target.points, row_status, f"{message} ({target.name})"))
+    return rows
+
+
+def _score_outcome(
+    name: str, solution: Solution, cell: nbformat.NotebookNode, nonce: int, targets: torch.Tensor, stopped: str | None
+) -> list[Result]:
+    """Score the held-out logits the outcome cell displayed, here, against the targets kept back."""
+    if stopped is not None:
+        return _outcome_rows(name, solution, stopped, "the kernel stopped before the held-out logits were collected")
+    replies = [
+        o.get("data", {}).get(outcome.MIME)
+        for o in cell.outputs
+        if o.get("output_type") == "display_data" and outcome.MIME in o.get("data", {})
+    ]
+    if len(replies) != 1 or not isinstance(replies[0], dict) or replies[0].get("nonce") != nonce:
+        return _outcome_rows(name, solution, "no result", "the notebook reported no held-out logits")
+    if "error" in replies[0]:
+        return _outcome_rows(name, solution, "error", f"building or running your model failed: {replies[0]['error']}")
+    try:
+        loss, stderr = outcome.heldout_loss(replies[0].get("logits"), targets)
+    except (ValueError, TypeError, RuntimeError) as err:
+        return _outcome_rows(name, solution, "error", f"the held-out logits cannot be scored: {err}")
+    message = f"held-out loss {loss:.4f} ± {stderr:.4f} nats/char on {targets.numel()} windows"
+    return _outcome_rows(name, solution, "measured", message, loss)
 
 
 def _stop(process: Any) -> None:
@@ -493,8 +582,12 @@ def grade(
     startup: Sequence[Path] | None = None,
     box: sandbox.Sandbox | None = None,
     log: Callable[[str], None] = print,
+    heldout: Path | None = None,
 ) -> list[Result]:
     """Grade ``notebooks``; every row of the score table, in order.
+
+    ``heldout``: a text file new to the learners, on which a lab graded by its trained model (the
+    capstone) is scored; see :mod:`gptcourse.grading.outcome`.
 
     ``startup``: glob patterns of files that run in every later kernel (default: start-up files of
     site-packages). A notebook that adds or changes one scores 0 and grading stops, since later
@@ -505,6 +598,9 @@ def grade(
     box = sandbox.choose() if box is None else box
     log(f"sandbox: {box.mode} ({box.why})")
     package = read_package()
+    heldout_ids = (
+        None if heldout is None else outcome.encode_heldout(heldout.read_text(encoding="utf-8"), outcome.vocabulary())
+    )
     before = startup_files(startup)
     rows: list[Result] = []
     for number, path in enumerate(map(Path, notebooks)):
@@ -519,7 +615,7 @@ def grade(
             rows += _not_run(str(path), err.solution, str(err))
             continue
         results, notes = run_notebook(
-            path, student, solution, box, timeout=timeout, size=size, keep=keep, package=package
+            path, student, solution, box, timeout=timeout, size=size, keep=keep, package=package, heldout=heldout_ids
         )
         after = startup_files(startup)
         changed = sorted(str(p) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
@@ -616,6 +712,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="smoke", choices=["smoke", "cpu", "gpu"], help="GPTCOURSE_SIZE for the labs")
     parser.add_argument("--keep", type=Path, help="save the executed notebooks here, for review")
     parser.add_argument(
+        "--heldout",
+        type=Path,
+        help="a text new to the learners on which the capstone's trained models are scored "
+        "(each notebook's checkpoint is NAME.pt beside NAME.ipynb)",
+    )
+    parser.add_argument(
         "--require-isolation",
         action="store_true",
         help="refuse to grade unless kernels can be isolated (root, bubblewrap, util-linux)",
@@ -624,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in args.notebooks if not p.is_file()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
+    if args.heldout is not None and not args.heldout.is_file():
+        parser.error(f"no such held-out text: {args.heldout}")
     status = 0
     try:
         box = sandbox.choose(require_isolation=args.require_isolation)
@@ -638,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
             keep=args.keep,
             box=box,
             log=lambda line: print(clean(line), file=sys.stderr),
+            heldout=args.heldout,
         )
     except TamperError as err:
         print(f"error: {clean(str(err))}", file=sys.stderr)

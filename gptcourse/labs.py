@@ -40,6 +40,7 @@ import yaml
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 GRADE_TAG = "grade"
+TRAIN_TAG = "train"  # a cell that trains: the grader skips it and grades the checkpoint it saved
 BADGE_TAG, INSTALL_TAG, SETUP_TAG, INTRO_TAG = "colab-badge", "colab-install", "colab-setup", "lab-intro"
 HEADER_TAGS = (BADGE_TAG, INSTALL_TAG, SETUP_TAG, INTRO_TAG)
 # Jupyter Book leaves a cell with this tag off the page (the cell still runs in Colab and in tests)

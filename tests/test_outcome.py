@@ -122,3 +122,79 @@ def test_the_kernel_side_reports_logits_or_the_learners_error(tmp_path, monkeypa
     namespace["build_model"] = build
     outcome.collect_outcome(str(tmp_path / "inputs.pt"), str(tmp_path / "c.pt"), "build_model", nonce=7)
     assert shown[-1]["nonce"] == 7 and len(shown[-1]["logits"]) == 3 and len(shown[-1]["logits"][0]) == V
+
+
+def _capstone(tmp_path, monkeypatch, targets):
+    """A one-cell capstone lab (lab99) whose model is graded by its held-out loss, its solution
+    notebook, and a student's copy: its model cannot be built if the grader ran the training cell."""
+    import nbformat
+
+    from gptcourse import grade, labs
+    from gptcourse.grading import harness
+
+    task = outcome.Outcome(targets=targets, context=32, max_windows=300)
+    monkeypatch.setattr(harness, "lab_specs", lambda lab: [])
+    monkeypatch.setattr(harness, "lab_outcome", lambda lab: task)
+    build = (
+        "from gptcourse.learner import load\nfrom gptcourse.model import GPT, GPTConfig\n\n"
+        "def build_model(config):\n"
+        "    assert load('gpt').MARK == 'mine', 'the checkpoint did not bring my module'\n"
+        "    assert 'TRAINED_HERE' not in globals(), 'the grader ran my training cell'\n"
+        "    return GPT(GPTConfig(**config))\n"
+    )
+    train_cell = nbformat.v4.new_code_cell("TRAINED_HERE = True  # the grader must skip this cell")
+    train_cell.metadata["tags"] = [labs.TRAIN_TAG]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(build), train_cell])
+    solutions = tmp_path / "solutions"
+    solutions.mkdir()
+    nbformat.write(nb, solutions / "lab99_capstone.ipynb")
+    nbformat.write(nb, tmp_path / "alice_lab99.ipynb")
+    return grade, solutions, tmp_path / "alice_lab99.ipynb"
+
+
+def _trained_checkpoint(path, steps: int) -> None:
+    """A tiny GPT trained ``steps`` steps on Tiny Shakespeare's training split, saved with a module."""
+    from gptcourse.data import get_batch, load_text
+    from gptcourse.tokenizers import CharTokenizer
+
+    text = load_text()
+    tok = CharTokenizer(text)
+    data = torch.tensor(tok.encode(text[: len(text) * 9 // 10]))
+    config = dict(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    model = build(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        x, y = get_batch(data, 32, 16, "cpu")
+        optimizer.zero_grad()
+        model(x, y)[1].backward()
+        optimizer.step()
+    torch.save({"config": config, "model": model.state_dict(), "code": {"gpt.py": "MARK = 'mine'\n"}}, path)
+
+
+def test_the_grader_scores_the_submitted_model_on_held_out_text_it_keeps(tmp_path, monkeypatch):
+    from gptcourse.data import load_text
+
+    uniform = math.log(65)
+    targets = (outcome.Target("better than uniform", uniform - 0.5, 3), outcome.Target("unreachable", 0.5, 2))
+    grade, solutions, student = _capstone(tmp_path, monkeypatch, targets)
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text(load_text()[-12000:])  # the validation split's end: practice text, not secret
+    _trained_checkpoint(student.with_suffix(".pt"), steps=150)
+    log: list[str] = []
+    rows = grade.grade([student], solutions, timeout=120, log=log.append, heldout=heldout)
+    by = {r.exercise: r for r in rows}
+    assert set(by) == {f"lab99.heldout<={uniform - 0.5:g}", "lab99.heldout<=0.5"}, (rows, log)
+    better, unreachable = by[f"lab99.heldout<={uniform - 0.5:g}"], by["lab99.heldout<=0.5"]
+    assert (better.status, better.points, unreachable.status, unreachable.points) == ("passed", 3, "failed", 0), rows
+    assert "held-out loss" in better.message and "on 300 windows" in better.message
+
+
+def test_an_outcome_lab_without_its_checkpoint_or_held_out_text_earns_nothing(tmp_path, monkeypatch):
+    grade, solutions, student = _capstone(tmp_path, monkeypatch, (outcome.Target("any", 100.0, 1),))
+    rows = grade.grade([student], solutions, timeout=60, log=lambda line: None)
+    assert [(r.status, r.points) for r in rows] == [("not run", 0)] and "--heldout" in rows[0].message
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("To be, or not to be: that is the question. " * 20)
+    rows = grade.grade([student], solutions, timeout=60, log=lambda line: None, heldout=heldout)
+    assert [(r.status, r.points) for r in rows] == [("no result", 0)] and "alice_lab99.pt" in rows[0].message

@@ -40,6 +40,12 @@ def lab_specs(lab: str) -> list[Spec]:
     return list(module.SPECS)
 
 
+def lab_outcome(lab: str) -> Any:
+    """The :class:`gptcourse.grading.outcome.Outcome` of a lab graded by its trained model, or None."""
+    lab_specs(lab)  # the same checks of the name
+    return getattr(importlib.import_module(f"gptcourse.grading.{lab}"), "OUTCOME", None)
+
+
 def all_specs() -> dict[str, Spec]:
     """Every exercise of every lab, by id."""
     return {s.id: s for lab in LABS for s in lab_specs(lab)}

@@ -18,14 +18,23 @@ Two properties follow from that layout:
 The text must be new to the learners (a model that memorised it, or a table of the public text, would
 score well): Tiny Shakespeare's own validation split is fine for practice, not for grading.
 
-Kernel side: :func:`load_submission`, :func:`last_position_logits`, :func:`collect_outcome`.
-Grader side: :func:`heldout_windows`, :func:`heldout_loss`, :func:`award`.
+The submission is the notebook plus one checkpoint, written by :func:`save_submission`: the
+model's config and weights, and the source of the learner's own modules (``learner/gpt.py`` and the
+files it uses) as text, so that the grader's fresh machine runs the learner's model code
+(:func:`restore_modules`) rather than the package's fallback. All of it loads with
+``weights_only=True``: tensors, dicts and strings, nothing that runs on load.
+
+Learner side: :func:`save_submission`. Kernel side (in the grader's sandbox): :func:`restore_modules`,
+:func:`load_submission`, :func:`last_position_logits`, :func:`collect_outcome`. Grader side:
+:func:`heldout_windows`, :func:`heldout_loss`, :func:`award`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 MIME = "application/vnd.gptcourse.outcome+json"
+MODULES = ("attention", "block", "gpt", "train")  # the learner's files a capstone model is built from
+_MODULE_FILE = re.compile(r"\w+\.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +69,15 @@ class Outcome:
     max_windows: int = 4000
     checkpoint: str = "capstone.pt"
     builder: str = "build_model"
+
+
+def vocabulary(corpus: str = "tinyshakespeare") -> list[str]:
+    """The characters the capstone's models read: :class:`~gptcourse.tokenizers.CharTokenizer`'s
+    vocabulary of ``corpus`` (Tiny Shakespeare's 65)."""
+    from gptcourse.data import load_text
+    from gptcourse.tokenizers import CharTokenizer
+
+    return CharTokenizer(load_text(corpus)).chars
 
 
 def encode_heldout(text: str, chars: Sequence[str]) -> torch.Tensor:
@@ -106,6 +126,42 @@ def heldout_loss(logits: Any, targets: torch.Tensor) -> tuple[float, float]:
 def award(loss: float, targets: Sequence[Target]) -> list[tuple[Target, float]]:
     """Each target with the points ``loss`` earns on it (all or nothing)."""
     return [(t, t.points if loss <= t.max_loss else 0.0) for t in targets]
+
+
+def save_submission(path: str | Path, config: dict, model: nn.Module, modules: Sequence[str] = MODULES) -> Path:
+    """Save the capstone's submission to ``path``: ``{"config", "model", "code"}``, the weights of
+    ``model`` and the text of each of the learner's ``modules`` that exists (written atomically)."""
+    from gptcourse.learner import learner_dir
+
+    folder = learner_dir(quiet=True)
+    code = {f"{m}.py": (folder / f"{m}.py").read_text() for m in modules if (folder / f"{m}.py").is_file()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"config": dict(config), "model": model.state_dict(), "code": code}, tmp)
+    os.replace(tmp, path)
+    print(f"saved {path}: weights, config and your module(s) {', '.join(sorted(code)) or '(none)'}")
+    return path
+
+
+def restore_modules(checkpoint: str | Path) -> list[str]:
+    """Write the learner's module sources kept in ``checkpoint`` into this machine's learner folder
+    (the grader's fresh sandbox), so that the notebook's cells import the learner's own code."""
+    from gptcourse.learner import learner_dir
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        print(f"no checkpoint at {path}: nothing to restore")
+        return []
+    code = torch.load(path, map_location="cpu", weights_only=True).get("code", {})
+    folder = learner_dir(quiet=True)
+    written = []
+    for name, text in sorted(code.items()):
+        if _MODULE_FILE.fullmatch(name) and isinstance(text, str):  # a plain file name: nothing outside the folder
+            (folder / name).write_text(text)
+            written.append(name)
+    print(f"restored your module(s) from the checkpoint: {', '.join(written) or '(none)'}")
+    return written
 
 
 def load_submission(path: str | Path, build: Callable[[dict], nn.Module]) -> nn.Module:
