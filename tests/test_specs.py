@@ -49,28 +49,39 @@ def test_a_spec_without_misconceptions_is_a_defect():
 
 class NanoGPTStyleGQA(torch.nn.Module):
     """A correct answer in nanoGPT's style: a causal-mask buffer and a dropout module beside the
-    parameters (the old checks rejected it), grouped heads by repeat_interleave."""
+    parameters (the old checks rejected it), grouped heads by repeat_interleave, the package's interface."""
 
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int):
+    def __init__(self, n_embd: int, n_head: int, n_kv_head=None, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        if n_head % n_kv_head:
-            raise ValueError("n_head must be a multiple of n_kv_head")
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if n_embd % n_head or n_head % n_kv_head:
+            raise ValueError("n_embd must be a multiple of n_head, and n_head of n_kv_head")
         self.n_head, self.n_kv_head, self.hd = n_head, n_kv_head, n_embd // n_head
-        self.c_attn = torch.nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.hd)
-        self.c_proj = torch.nn.Linear(n_embd, n_embd)
-        self.attn_dropout = torch.nn.Dropout(0.1)
+        self.c_attn = torch.nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.hd, bias=bias)
+        self.c_proj = torch.nn.Linear(n_embd, n_embd, bias=bias)
+        self.attn_dropout = torch.nn.Dropout(dropout)
+        self.resid_dropout = torch.nn.Dropout(dropout)
         self.register_buffer("bias", torch.tril(torch.ones(64, 64, dtype=torch.bool)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([self.n_head * self.hd] + [self.n_kv_head * self.hd] * 2, dim=-1)
-        q, k, v = (t.view(B, T, -1, self.hd).transpose(1, 2) for t in (q, k, v))
+        return tuple(t.view(B, T, -1, self.hd).transpose(1, 2) for t in (q, k, v))
+
+    def forward(self, x: torch.Tensor, cache=None, mask=None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        S = k.size(2)
         k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
-        att = (q @ k.transpose(-2, -1) / math.sqrt(self.hd)).masked_fill(~self.bias[:T, :T], float("-inf"))
+        mask = self.bias[S - T : S, :S] if mask is None else mask
+        att = (q @ k.transpose(-2, -1) / math.sqrt(self.hd)).masked_fill(~mask, float("-inf"))
         y = self.attn_dropout(att.softmax(-1)) @ v
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_module_with_a_causal_mask_buffer_is_accepted(seed):
-    check("lab06.gqa", NanoGPTStyleGQA, seed=seed)
+    for exercise in ("lab06.qkv", "lab06.gqa", "lab06.cache_decode"):
+        check(exercise, NanoGPTStyleGQA, seed=seed)
