@@ -348,16 +348,21 @@ def _kernel_env(workdir: Path, size: str, course: Path) -> dict[str, str]:
     return env
 
 
+def _reply(cell: nbformat.NotebookNode, mime: str) -> dict | None:
+    """The one ``mime`` dict a grader's cell displayed, or None unless there is exactly one."""
+    found = [
+        o.get("data", {}).get(mime)
+        for o in cell.outputs
+        if o.get("output_type") == "display_data" and mime in o.get("data", {})
+    ]
+    return found[0] if len(found) == 1 and isinstance(found[0], dict) else None
+
+
 def _outcomes(cell: nbformat.NotebookNode, exercise: str, seed: int) -> Any:
     """The outcomes a collecting cell displayed, or None unless there is exactly one well-formed result."""
-    found = [
-        o.get("data", {}).get(MIME)
-        for o in cell.outputs
-        if o.get("output_type") == "display_data" and MIME in o.get("data", {})
-    ]
-    if len(found) != 1 or not isinstance(found[0], dict):
+    reply = _reply(cell, MIME)
+    if reply is None:
         return None
-    reply = found[0]
     if reply.get("exercise") != exercise or reply.get("seed") != seed:
         return None
     return reply.get("outcomes")
@@ -506,8 +511,7 @@ def _outcome_rows(name: str, solution: Solution, status: str, message: str, loss
     rows = []
     for target, points in outcome.award(math.inf if loss is None else loss, solution.outcome.targets):
         exercise = f"{solution.lab}.heldout<={target.max_loss:g}"
-        passed = loss is not None and points > 0
-        row_status = status if loss is None else ("passed" if passed else "failed")
+        row_status = status if loss is None else ("passed" if points else "failed")
         rows.append(Result(name, exercise, points, target.points, row_status, f"{message} ({target.name})"))
     return rows
 
@@ -518,17 +522,13 @@ def _score_outcome(
     """Score the held-out logits the outcome cell displayed, here, against the targets kept back."""
     if stopped is not None:
         return _outcome_rows(name, solution, stopped, "the kernel stopped before the held-out logits were collected")
-    replies = [
-        o.get("data", {}).get(outcome.MIME)
-        for o in cell.outputs
-        if o.get("output_type") == "display_data" and outcome.MIME in o.get("data", {})
-    ]
-    if len(replies) != 1 or not isinstance(replies[0], dict) or replies[0].get("nonce") != nonce:
+    reply = _reply(cell, outcome.MIME)
+    if reply is None or reply.get("nonce") != nonce:
         return _outcome_rows(name, solution, "no result", "the notebook reported no held-out logits")
-    if "error" in replies[0]:
-        return _outcome_rows(name, solution, "error", f"building or running your model failed: {replies[0]['error']}")
+    if "error" in reply:
+        return _outcome_rows(name, solution, "error", f"building or running your model failed: {reply['error']}")
     try:
-        loss, stderr = outcome.heldout_loss(replies[0].get("logits"), targets)
+        loss, stderr = outcome.heldout_loss(reply.get("logits"), targets)
     except (ValueError, TypeError, RuntimeError) as err:
         return _outcome_rows(name, solution, "error", f"the held-out logits cannot be scored: {err}")
     message = f"held-out loss {loss:.4f} ± {stderr:.4f} nats/char on {targets.numel()} windows"

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -132,14 +131,12 @@ def save_submission(path: str | Path, config: dict, model: nn.Module, modules: S
     """Save the capstone's submission to ``path``: ``{"config", "model", "code"}``, the weights of
     ``model`` and the text of each of the learner's ``modules`` that exists (written atomically)."""
     from gptcourse.learner import learner_dir
+    from gptcourse.train import save_checkpoint
 
     folder = learner_dir(quiet=True)
     code = {f"{m}.py": (folder / f"{m}.py").read_text() for m in modules if (folder / f"{m}.py").is_file()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": dict(config), "model": model.state_dict(), "code": code}, tmp)
-    os.replace(tmp, path)
+    save_checkpoint(path, {"config": dict(config), "model": model.state_dict(), "code": code})
     print(f"saved {path}: weights, config and your module(s) {', '.join(sorted(code)) or '(none)'}")
     return path
 
