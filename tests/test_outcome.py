@@ -3,6 +3,7 @@ the learner's checkpoint is loaded with weights_only=True by the learner's own b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -198,3 +199,32 @@ def test_an_outcome_lab_without_its_checkpoint_or_held_out_text_earns_nothing(tm
     heldout.write_text("To be, or not to be: that is the question. " * 20)
     rows = grade.grade([student], solutions, timeout=60, log=lambda line: None, heldout=heldout)
     assert [(r.status, r.points) for r in rows] == [("no result", 0)] and "alice_lab99.pt" in rows[0].message
+
+
+def test_the_capstone_solution_is_graded_by_its_model_and_its_two_exercises(tmp_path, monkeypatch):
+    """The real capstone lab end to end at the smoke size: its two exercises are judged as usual, and its
+    submitted model is scored against the lab's targets plus a smoke-size target a tiny model reaches."""
+    import shutil
+
+    from gptcourse import grade, labs
+    from gptcourse.data import load_text
+    from gptcourse.grading import lab16
+
+    smoke = outcome.Target("smoke: better than uniform", math.log(65) - 0.5, 1)
+    monkeypatch.setattr(lab16, "OUTCOME", dataclasses.replace(lab16.OUTCOME, targets=(*lab16.OUTCOME.targets, smoke)))
+    solutions = tmp_path / "solutions"  # the capstone's solution alone: the grader reads every one it is given
+    solutions.mkdir()
+    shutil.copyfile(labs.ROOT / "solutions" / "lab16_capstone.ipynb", solutions / "lab16_capstone.ipynb")
+    student = tmp_path / "alice_lab16.ipynb"
+    shutil.copyfile(solutions / "lab16_capstone.ipynb", student)
+    _trained_checkpoint(student.with_suffix(".pt"), steps=150)
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text(load_text()[-40000:])  # the validation split's end: practice text, not secret
+    rows = grade.grade([student], solutions, timeout=300, log=lambda line: None, heldout=heldout)
+    by = {r.exercise: r for r in rows}
+    assert (by["lab16.build_model"].status, by["lab16.plan_steps"].status) == ("passed", "passed"), rows
+    for bound in (1.77, 1.55):  # 150 steps of a tiny model reach neither target
+        row = by[f"lab16.heldout<={bound:g}"]
+        assert (row.status, row.points) == ("failed", 0) and "held-out loss" in row.message, row
+    reached = by[f"lab16.heldout<={smoke.max_loss:g}"]
+    assert (reached.status, reached.points) == ("passed", 1), reached
