@@ -179,6 +179,7 @@ def learner_line_counts(root: Path = ROOT) -> dict[str, int]:
 def make_lab(solution: nbformat.NotebookNode, relpath: str, root: Path = ROOT) -> nbformat.NotebookNode:
     """The student notebook for a solution notebook (``relpath`` is the lab's own path)."""
     lab = with_header(solution, relpath, root)
+    lab.metadata.pop("widgets", None)  # the solution run's progress-bar state: an output, which a lab has none of
     for cell in lab.cells:
         if cell.cell_type != "code":
             continue

@@ -69,9 +69,10 @@ def test_make_lab_clears_outputs_and_keeps_graded_cells():
             ),
         ]
     )
+    solution.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}  # a progress bar's
     lab = labs.make_lab(solution, "labs/lab99_x.ipynb")
     code = [c for c in lab.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert all(c.outputs == [] and c.execution_count is None for c in code) and "widgets" not in lab.metadata
     assert "raise NotImplementedError()" in code[2].source and "return 1" not in code[2].source
     assert labs.graded_cells(lab)[0].source == "assert f() == 1"
     # the header: a Colab badge pointing at the lab's own path, the title, the install cell, the setup cell
