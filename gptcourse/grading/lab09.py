@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from gptcourse.data import get_batch
-from gptcourse.grading.spec import AnswerError, Case, Misconception, Spec, close, randomize_, seeded
+from gptcourse.grading.spec import AnswerError, Case, Misconception, Optimizer, Spec, close, randomize_, seeded
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.train import (
     History,
@@ -462,21 +462,6 @@ CLIP_GRADIENTS = Spec(
 
 
 # --- Exercise 4: one optimisation step with gradient accumulation ----------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Optimizer:
-    """Case input for ``train_step``: which optimiser the driver builds on the case's model."""
-
-    kind: str  # "SGD" or "AdamW"
-    lr: float
-
-    def __repr__(self) -> str:
-        return f"{self.kind}(lr={self.lr:g})"
-
-    def build(self, model: nn.Module) -> torch.optim.Optimizer:
-        optimizer = torch.optim.SGD if self.kind == "SGD" else torch.optim.AdamW
-        return optimizer(model.parameters(), lr=self.lr)
 
 
 STEPS, BATCH, BLOCK = 2, 8, 8  # two steps: gradients left over from the first show in the second

@@ -199,6 +199,22 @@ def randomize_(module: nn.Module, g: torch.Generator, scale: float = 0.5) -> nn.
     return module
 
 
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """Case input for an exercise that takes an optimiser: which one the driver builds on the
+    case's model (an optimiser holds references to one model's parameters, so a case cannot)."""
+
+    kind: str  # "SGD" or "AdamW"
+    lr: float
+
+    def __repr__(self) -> str:
+        return f"{self.kind}(lr={self.lr:g})"
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        optimizer = torch.optim.SGD if self.kind == "SGD" else torch.optim.AdamW
+        return optimizer(model.parameters(), lr=self.lr)
+
+
 def copy_case(case: Case) -> Case:
     """A deep copy of ``case``, so that an answer that changes its inputs changes nothing else."""
     return Case(case.label, copy.deepcopy(case.args), copy.deepcopy(case.kwargs))
