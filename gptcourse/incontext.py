@@ -238,9 +238,11 @@ def few_shot_accuracy(
     queries = [rng.choice(words) for _ in range(n)]
     prompts = [prompt(task, rng.sample([w for w in words if w != q], k), q, described) for q in queries]
     idx = torch.tensor([tok.encode(p) for p in prompts], device=device)
+    block_size = model.config.block_size
     with evaluating(model):
         for _ in range(WORD_LEN):  # all prompts have the same length: one batch, no padding
-            logits, _ = model(idx)
+            # a prompt that fills the context slides: the model reads its last block_size tokens
+            logits, _ = model(idx[:, -block_size:], last_only=True)
             idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     outputs = [tok.decode(row[-WORD_LEN:].tolist()) for row in idx]
     return sum(o == TASKS[task](q) for o, q in zip(outputs, queries)) / n
