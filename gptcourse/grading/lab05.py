@@ -1,5 +1,9 @@
-"""Exercise specs for Lab 5 (the causal mask): ``causal_mask(T)``, ``masked_softmax(scores, mask)``
-and ``causal_attention(q, k, v)``, against :mod:`gptcourse.attention`.
+"""Exercise specs for Lab 5 (the causal mask and positions): ``causal_mask(T, S=None, device=None)``
+(with the offset of a KV cache), ``masked_softmax(scores, mask)`` and ``causal_attention(q, k, v)``,
+against :mod:`gptcourse.attention`; then ``sinusoidal_positions(T, C)`` and ``positions(config)``
+(the learned table, the sinusoidal module, no positions), against :mod:`gptcourse.layers` and
+:func:`gptcourse.model.positions` on the same weights. ``causal_mask``, the codes and the modules
+are the learner's ``learner/positions.py``.
 
 Causal attention is graded with a *leak test* as well as by value: the inputs at each position in
 turn are changed and no earlier output may move. :func:`with_leaks` and :func:`causal_compare` do
@@ -13,9 +17,24 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn as nn
 
+import gptcourse.layers
+import gptcourse.model
 from gptcourse import attention as ref
-from gptcourse.grading.spec import Case, Compare, Misconception, Spec, close, exact
+from gptcourse.grading.spec import (
+    AnswerError,
+    Case,
+    Compare,
+    Misconception,
+    Spec,
+    close,
+    exact,
+    load_reference_weights,
+    randomize_,
+    seeded,
+)
+from gptcourse.model import GPTConfig
 
 LEAK_TOL = 1e-5  # a change this small at an earlier position is rounding, not a leak
 
@@ -68,13 +87,24 @@ def causal_compare(atol: float = 1e-5, rtol: float = 1e-4) -> Compare:
     return compare
 
 
-# --- Exercise 1: the mask -----------------------------------------------------------------------------
+# --- Exercise 1: the mask, with the offset of a KV cache ------------------------------------------------------
 
 
 def mask_cases(g: torch.Generator) -> list[Case]:
     # a middling T first: at T = 1 several wrong masks agree with each other
-    cases = [Case("T = 6", (6,)), Case("a single position (T = 1)", (1,)), Case("T = 2", (2,))]
-    cases += [Case(f"random T {i + 1}", (int(torch.randint(3, 40, (1,), generator=g)),)) for i in range(4)]
+    cases = [
+        Case("T = 6 (S not given: S = T)", (6,)),
+        Case("a single position (T = 1)", (1,)),
+        Case("T = 2", (2,)),
+        Case("3 new queries over S = 7 keys (a KV cache of 4)", (3, 7)),
+        Case("one new query over S = 5 keys: it sees them all", (1, 5)),
+        Case("S = T given explicitly", (4, 4)),
+        Case("device='cpu' given", (2, 6), {"device": "cpu"}),
+    ]
+    for i in range(4):
+        T = int(torch.randint(1, 20, (1,), generator=g))
+        S = T + int(torch.randint(0, 20, (1,), generator=g)) if i % 2 else None
+        cases.append(Case(f"random T and S {i + 1}", (T,) if S is None else (T, S)))
     return cases
 
 
@@ -90,53 +120,57 @@ def compare_mask(got: Any, expected: Any, case: Case) -> str | None:
     return exact()(got, expected, case)
 
 
-def _ones(T: int) -> torch.Tensor:
-    return torch.ones(T, T, dtype=torch.bool)
+def _ones(T: int, S: int | None = None) -> torch.Tensor:
+    return torch.ones(T, T if S is None else S, dtype=torch.bool)
 
 
-def _additive(T: int) -> torch.Tensor:
-    return torch.zeros(T, T).masked_fill(~_ones(T).tril(), float("-inf"))
+def _wrong_mask(mistake: str) -> Callable[..., torch.Tensor]:
+    def causal_mask(T: int, S: int | None = None, device: Any = None) -> torch.Tensor:
+        S = T if S is None else S
+        offset = {"offset ignored": 0, "offset from the wrong end": T - S}.get(mistake, S - T)
+        if mistake == "transposed":
+            return _ones(T, S).triu(diagonal=offset)
+        if mistake == "diagonal excluded":
+            return _ones(T, S).tril(diagonal=offset - 1)
+        mask = _ones(T, S).tril(diagonal=offset)
+        if mistake == "polarity reversed":
+            return ~mask
+        if mistake == "float mask":
+            return mask.float()
+        if mistake == "additive mask":
+            return torch.zeros(T, S).masked_fill(~mask, float("-inf"))
+        return mask
 
+    return causal_mask
+
+
+MASK_HINTS = {
+    "transposed": "rows are queries and columns are keys: query i may see keys j <= i, the lower triangle, "
+    "not the upper one (which lets position 0 see every later position)",
+    "diagonal excluded": "a position may attend to itself (j = i): keep the diagonal, or query 0 sees nothing",
+    "polarity reversed": "True means 'may attend' (the convention of F.scaled_dot_product_attention): "
+    "the allowed keys are the True ones",
+    "float mask": "the mask must be boolean (dtype torch.bool): attention adds a float mask to the scores, "
+    "so 0.0 and 1.0 would hide nothing",
+    "additive mask": "this exercise asks for the boolean form (True = may attend), not an additive 0 / -inf mask",
+    "offset ignored": "with S > T the T queries are the LAST T of the S positions (the cache holds the first "
+    "S - T): query i sits at position S - T + i and sees keys 0 .. S - T + i (Chapter 5, the causal mask; "
+    "Chapter 11 decodes with it)",
+    "offset from the wrong end": "the queries sit S - T positions AFTER the start, so each sees S - T more keys "
+    "than in the square mask, not fewer: a single new query sees every cached key",
+}
 
 MASK = Spec(
     id="lab05.mask",
-    points=1,
+    points=2,
     name="causal_mask",
     reference=ref.causal_mask,
     cases=mask_cases,
     compare=compare_mask,
     forbidden=("gptcourse.attention.causal_mask",),
-    hint="row i is query i and column j is key j: True exactly where j <= i, a boolean (T, T) tensor",
-    misconceptions=(
-        Misconception(
-            "transposed",
-            lambda T: _ones(T).triu(),
-            "rows are queries and columns are keys: query i may see keys j <= i, the lower triangle, "
-            "not the upper one (which lets position 0 see every later position)",
-        ),
-        Misconception(
-            "diagonal excluded",
-            lambda T: _ones(T).tril(diagonal=-1),
-            "a position may attend to itself (j = i): keep the diagonal, or query 0 sees nothing",
-        ),
-        Misconception(
-            "polarity reversed",
-            lambda T: ~_ones(T).tril(),
-            "True means 'may attend' (the convention of F.scaled_dot_product_attention): "
-            "the allowed keys j <= i are the True ones",
-        ),
-        Misconception(
-            "float mask",
-            lambda T: torch.ones(T, T).tril(),
-            "the mask must be boolean (dtype torch.bool): attention adds a float mask to the scores, "
-            "so 0.0 and 1.0 would hide nothing",
-        ),
-        Misconception(
-            "additive mask",
-            _additive,
-            "this exercise asks for the boolean form (True = may attend), not an additive 0 / -inf mask",
-        ),
-    ),
+    hint="row i is query i, at absolute position S - T + i; column j is key j: True exactly where "
+    "j <= S - T + i, a boolean (T, S) tensor",
+    misconceptions=tuple(Misconception(n, _wrong_mask(n), h) for n, h in MASK_HINTS.items()),
 )
 
 
@@ -326,4 +360,202 @@ CAUSAL_ATTENTION = Spec(
     ),
 )
 
-SPECS = (MASK, MASKED_SOFTMAX, CAUSAL_ATTENTION)
+
+# --- Exercise 4: the sinusoidal codes -------------------------------------------------------------------------
+
+
+def sinusoidal_cases(g: torch.Generator) -> list[Case]:
+    cases = [
+        Case("T = 8 positions, C = 16", (8, 16)),
+        Case("one position (T = 1)", (1, 4)),
+        Case("many positions, few columns (T = 60, C = 6)", (60, 6)),
+        Case("odd C = 7: the last column is a sine", (5, 7)),
+        Case("C = 2: one pair", (10, 2)),
+    ]
+    for i in range(3):
+        T, C = int(torch.randint(1, 80, (1,), generator=g)), int(torch.randint(1, 33, (1,), generator=g))
+        cases.append(Case(f"random T and C {i + 1}", (T, C)))
+    return cases
+
+
+def _sinusoidal(mistake: str) -> Callable[[int, int], torch.Tensor]:
+    def sinusoidal_positions(T: int, C: int) -> torch.Tensor:
+        start = 1 if mistake == "positions counted from 1" else 0
+        t = torch.arange(start, T + start, dtype=torch.float32)[:, None]
+        if mistake == "one frequency per column":
+            freq = 10000.0 ** (-torch.arange(C, dtype=torch.float32) / C)
+            pe = torch.zeros(T, C)
+            pe[:, 0::2] = torch.sin(t * freq[0::2])
+            pe[:, 1::2] = torch.cos(t * freq[1::2])
+            return pe
+        pair = torch.arange(0, C, 2, dtype=torch.float32)  # 2i
+        exponent = {"exponent i/C instead of 2i/C": pair / 2 / C, "frequencies grow with i": -pair / C}.get(
+            mistake, pair / C
+        )
+        freq = 10000.0 ** (-exponent)
+        sin, cos = torch.sin(t * freq), torch.cos(t * freq)[:, : C // 2]
+        if mistake == "sine and cosine concatenated":
+            return torch.cat([sin, cos], dim=-1)
+        if mistake == "sine and cosine swapped":
+            sin, cos = torch.cos(t * freq), torch.sin(t * freq)[:, : C // 2]
+        pe = torch.zeros(T, C)
+        pe[:, 0::2], pe[:, 1::2] = sin, cos
+        return pe
+
+    return sinusoidal_positions
+
+
+SINUSOIDAL_HINTS = {
+    "sine and cosine concatenated": "the sines and cosines are interleaved: column 2i is sin(p w_i) and column 2i + 1 "
+    "is cos(p w_i), each pair sharing one frequency (Chapter 5, Positions), not all sines then all cosines",
+    "sine and cosine swapped": "the even columns (0, 2, 4, ...) are the sines and the odd ones the cosines: at "
+    "position 0 the code is 0, 1, 0, 1, ... (Chapter 5, Positions)",
+    "one frequency per column": "the two columns of a pair share one frequency w_i = 10000^(-2i/C), with i the pair's "
+    "index (column // 2), not the column's own index (Chapter 5, Positions)",
+    "exponent i/C instead of 2i/C": "the exponent of w_i = 10000^(-2i/C) runs from 0 to nearly 1 over the pairs: with "
+    "i/C the slowest pair turns far too fast (Chapter 5, Positions)",
+    "frequencies grow with i": "the exponent is negative: w_i = 10000^(-2i/C) falls from 1 (the first pair) towards "
+    "1/10000, so later pairs turn slowly (Chapter 5, Positions)",
+    "positions counted from 1": "positions start at 0: the first row is sin(0) = 0 and cos(0) = 1 in every pair",
+}
+
+SINUSOIDAL = Spec(
+    id="lab05.sinusoidal",
+    points=2,
+    name="sinusoidal_positions",
+    reference=gptcourse.layers.sinusoidal_positions,
+    cases=sinusoidal_cases,
+    compare=close(atol=1e-4, rtol=1e-4),
+    forbidden=("gptcourse.layers.sinusoidal_positions", "gptcourse.layers.SinusoidalPositions"),
+    hint="PE[p, 2i] = sin(p w_i), PE[p, 2i+1] = cos(p w_i), w_i = 10000^(-2i/C), p = 0 .. T - 1; a float (T, C) "
+    "tensor, the last column a sine when C is odd",
+    misconceptions=tuple(Misconception(n, _sinusoidal(n), h) for n, h in SINUSOIDAL_HINTS.items()),
+)
+
+
+# --- Exercise 5: the position modules, positions(config) ---------------------------------------------------------
+
+
+def _config(pos: str, block_size: int = 12, n_embd: int = 8) -> GPTConfig:
+    return GPTConfig(vocab_size=30, block_size=block_size, n_layer=1, n_head=1, n_embd=n_embd, pos=pos)
+
+
+def positions_cases(g: torch.Generator) -> list[Case]:
+    def case(label: str, pos: str, positions: torch.Tensor, block_size: int = 12, n_embd: int = 8) -> Case:
+        config = _config(pos, block_size, n_embd)
+        with seeded(g):
+            reference = gptcourse.model.positions(config)
+        randomize_(reference, g)
+        state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+        B, T = 2, positions.numel()
+        x = torch.randn(B, T, n_embd, generator=g)
+        proj = torch.randn(B, T, n_embd, generator=g)
+        return Case(label, (config,), {"inputs": {"state": state, "pos": positions, "x": x, "proj": proj}})
+
+    cases = [
+        case("learned: positions 0 .. 4", "learned", torch.arange(5)),
+        case("learned: positions 6 .. 8, after a cache of 6", "learned", torch.arange(6, 9)),
+        case("sinusoidal: positions 0 .. 4", "sinusoidal", torch.arange(5)),
+        case("sinusoidal: positions 6 .. 8, after a cache of 6", "sinusoidal", torch.arange(6, 9)),
+        case("sinusoidal: every position of the block, odd n_embd = 7", "sinusoidal", torch.arange(10), 10, 7),
+        case("none: nothing added", "none", torch.arange(4)),
+        case("learned: one position, the last of the block", "learned", torch.tensor([11])),
+    ]
+    for i in range(2):
+        kind = ("learned", "sinusoidal")[i]
+        start, T = int(torch.randint(0, 6, (1,), generator=g)), int(torch.randint(1, 7, (1,), generator=g))
+        cases.append(case(f"random {kind} positions {i + 1}", kind, torch.arange(start, start + T)))
+    return cases
+
+
+def run_positions(answer: Callable[..., Any], case: Case) -> Any:
+    """Build ``answer(config)``, list its parameters and saved state, load the reference's weights when
+    they have the same names and shapes, and return ``x + module(pos)`` and the gradients."""
+    (config,) = case.args
+    inputs = case.kwargs["inputs"]
+    with torch.random.fork_rng(devices=[]):
+        module = answer(config)
+    if not isinstance(module, nn.Module):
+        raise AnswerError(f"positions(config) returned a {type(module).__name__}, not an nn.Module")
+    params = {k: list(p.shape) for k, p in module.named_parameters()}
+    saved = sorted(module.state_dict())
+    expected = {k: list(v.shape) for k, v in inputs["state"].items()}
+    if params == expected:
+        load_reference_weights(module, inputs["state"], "your position module")
+    out = inputs["x"] + module(inputs["pos"].clone())
+    result = {"parameters": params, "saved in the state dict": saved, "x + positions(pos)": out.detach()}
+    if params and isinstance(out, torch.Tensor) and out.requires_grad:
+        (out * inputs["proj"]).sum().backward()
+        result["grads"] = {k: p.grad for k, p in module.named_parameters()}
+    elif params:
+        result["grads"] = {k: None for k in params}
+    return result
+
+
+class _WrongSinusoidal(nn.Module):
+    def __init__(self, block_size: int, n_embd: int, mistake: str):
+        super().__init__()
+        code = gptcourse.layers.sinusoidal_positions(block_size, n_embd)
+        self.mistake = mistake
+        if mistake == "sinusoidal codes trainable":
+            self.code = nn.Parameter(code)
+        else:
+            self.register_buffer("code", code, persistent=mistake == "codes saved in the state dict")
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        if self.mistake == "position values ignored":
+            return self.code[: pos.numel()]
+        return self.code[pos]
+
+
+class _WrongLearned(nn.Embedding):
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        return self.weight[: pos.numel()]
+
+
+def _positions(mistake: str) -> Callable[[GPTConfig], nn.Module]:
+    def positions(config: GPTConfig) -> nn.Module:
+        if config.pos == "learned":
+            if mistake == "learned table sized by the vocabulary":
+                return nn.Embedding(config.vocab_size, config.n_embd)
+            if mistake == "position values ignored":
+                return _WrongLearned(config.block_size, config.n_embd)
+            return nn.Embedding(config.block_size, config.n_embd)
+        if config.pos == "sinusoidal":
+            return _WrongSinusoidal(config.block_size, config.n_embd, mistake)
+        return gptcourse.layers.NoPositions()
+
+    return positions
+
+
+POSITIONS_HINTS = {
+    "position values ignored": "the module returns the codes OF the positions it is given (a lookup), not the first "
+    "len(pos) rows: after a KV cache the new tokens sit at positions S - T .. S - 1",
+    "learned table sized by the vocabulary": "the learned table has one row per POSITION (block_size rows), not one "
+    "per token: it is GPT's wpe, not its wte",
+    "codes saved in the state dict": "the sinusoidal codes are computed, not learned: a buffer registered with "
+    "persistent=False, so the state dict (and a GPT-2 checkpoint) does not hold them",
+    "sinusoidal codes trainable": "the sinusoidal codes are fixed: a buffer, not an nn.Parameter (the optimizer must "
+    "not change them, and the module has no parameters)",
+}
+
+POSITIONS = Spec(
+    id="lab05.positions",
+    points=3,
+    name="positions",
+    reference=gptcourse.model.positions,
+    cases=positions_cases,
+    run=run_positions,
+    compare=close(atol=1e-4, rtol=1e-4),
+    forbidden=(
+        "gptcourse.model.positions",
+        "gptcourse.layers.SinusoidalPositions",
+        "gptcourse.layers.sinusoidal_positions",
+        "gptcourse.layers.NoPositions",
+    ),
+    hint="'learned': nn.Embedding(block_size, n_embd); 'sinusoidal': your SinusoidalPositions (a non-persistent "
+    "buffer 'code', codes looked up at the given positions); 'none': a zero that broadcasts",
+    misconceptions=tuple(Misconception(n, _positions(n), h) for n, h in POSITIONS_HINTS.items()),
+)
+
+SPECS = (MASK, MASKED_SOFTMAX, CAUSAL_ATTENTION, SINUSOIDAL, POSITIONS)
