@@ -82,10 +82,13 @@ def test_assemble_puts_a_collecting_cell_in_place_of_every_graded_cell(solutions
             "print('bonus')", metadata={"tags": ["grade"], "gptcourse": {"exercise": "lab04.bonus", "points": 50}}
         )
     )
-    nb, graded = grade.assemble(student, solutions["lab04"], {"lab04.scores": 7, "lab04.attention": 8})
-    assert [e.spec.id for e in graded.values()] == ["lab04.scores", "lab04.attention"]
-    for index in graded:
-        assert "collect(" in nb.cells[index].source and "def " in nb.cells[index - 1].source
+    ids = [e.spec.id for e in solutions["lab04"].exercises]
+    nb, graded = grade.assemble(student, solutions["lab04"], {exercise: 7 + i for i, exercise in enumerate(ids)})
+    assert [e.spec.id for e in graded.values()] == ids and ids[:2] == ["lab04.scores", "lab04.attention"]
+    for index, ex in graded.items():
+        assert "collect(" in nb.cells[index].source
+        if ex.spec.id in ("lab04.scores", "lab04.attention"):  # each in place, right after its function's cell
+            assert "def " in nb.cells[index - 1].source
     assert not any("bonus" in c.source for c in nb.cells)
     assert all(not c.get("metadata") for c in nb.cells if c.cell_type == "code")  # no student tags survive
 
