@@ -20,7 +20,7 @@ import regex
 import torch
 
 from gptcourse.grading.lab01 import diagnosed
-from gptcourse.grading.spec import AnswerError, Case, Misconception, Spec
+from gptcourse.grading.spec import AnswerError, Case, Misconception, Spec, randint
 from gptcourse.tokenizers import GPT2_SPLIT_PATTERN, BPETokenizer, _bpe_bytes, get_stats, gpt2_encoding, merge
 
 # Code-point ranges a random test string draws from: ASCII, accented Latin, Greek and Cyrillic,
@@ -78,11 +78,6 @@ def random_unicode(rng: random.Random | torch.Generator, length: int) -> str:
     return "".join(pieces)
 
 
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """A random integer in ``[lo, hi]``, both included."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
 def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
@@ -106,8 +101,8 @@ def compare_ids(got: Any, expected: Any, case: Case) -> str | None:
 
 def _random_ids(g: torch.Generator) -> list[int]:
     """Small ids, so that pairs repeat; sometimes a run of one id first, to test overlaps."""
-    run = [_randint(g, 0, 2)] * _randint(g, 0, 7) if _randint(g, 0, 9) < 3 else []
-    return run + torch.randint(6, (_randint(g, 0, 30),), generator=g).tolist()
+    run = [randint(g, 0, 2)] * randint(g, 0, 7) if randint(g, 0, 9) < 3 else []
+    return run + torch.randint(6, (randint(g, 0, 30),), generator=g).tolist()
 
 
 def stats_cases(g: torch.Generator) -> list[Case]:
@@ -204,7 +199,7 @@ def merge_cases(g: torch.Generator) -> list[Case]:
         Case("the pair at the very end", ([3, 4, 1, 2], (1, 2), 7)),
     ]
     for i in range(4):
-        pair = (_randint(g, 0, 3), _randint(g, 0, 3))
+        pair = (randint(g, 0, 3), randint(g, 0, 3))
         cases.append(Case(f"random ids {i + 1}", (_random_ids(g), pair, 99)))
     return cases
 
@@ -286,7 +281,7 @@ def train_cases(g: torch.Generator) -> list[Case]:
         Case("multi-byte characters", (_words(g, 40, ("🙂", "猫 ", "é", "a")), 256 + 6)),
     ]
     for i in range(2):
-        cases.append(Case(f"random words {i + 1}", (_words(g, _randint(g, 30, 80)), 256 + _randint(g, 3, 12))))
+        cases.append(Case(f"random words {i + 1}", (_words(g, randint(g, 30, 80)), 256 + randint(g, 3, 12))))
     return cases
 
 
@@ -437,7 +432,7 @@ def _encoded(tok: BPETokenizer, text: str) -> tuple[int, ...]:
 def _texts(g: torch.Generator, count: int) -> list[tuple[str, str]]:
     """``(label, text)``: the sample texts, then ``count`` random unicode strings."""
     texts = list(zip(_SAMPLE_LABELS, SAMPLE_TEXTS))
-    return texts + [(f"random unicode {i + 1}", random_unicode(g, _randint(g, 1, 40))) for i in range(count)]
+    return texts + [(f"random unicode {i + 1}", random_unicode(g, randint(g, 1, 40))) for i in range(count)]
 
 
 def decode_cases(g: torch.Generator) -> list[Case]:

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -25,7 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptcourse import neural_lm
-from gptcourse.grading.spec import AnswerError, Case, Misconception, Spec, close, load_reference_weights, randomize_
+from gptcourse.grading.spec import (
+    AnswerError,
+    Case,
+    Misconception,
+    Spec,
+    close,
+    global_seed,
+    load_reference_weights,
+    number,
+    randint,
+    randomize_,
+)
 
 PACKAGE = (  # the package's pieces that an exercise of this lab asks for: none of them may be called
     "gptcourse.neural_lm.context_windows",
@@ -36,32 +47,6 @@ PACKAGE = (  # the package's pieces that an exercise of this lab asks for: none 
     "gptcourse.neural_lm.fit",
     "gptcourse.loops.evaluating",
 )
-
-
-@contextlib.contextmanager
-def _global_seed(seed: int = 1234) -> Iterator[None]:
-    """Run the answer with torch's global generator seeded (and restored afterwards): an answer that
-    draws from it (dropout left on, batches drawn without the seeded generator) then gives the same
-    wrong numbers in every process, so its misconception can be recognised."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _number(value: Any, name: str) -> Any:
-    """A returned number as a float; a one-element tensor counts as a number."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if value is None or isinstance(value, torch.Tensor):
-        return value
-    raise AnswerError(f"{name} returned a {type(value).__name__}; return a number (a float)")
-
-
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """A random integer in ``[lo, hi]``, both included."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
 @functools.lru_cache(maxsize=64)
@@ -90,8 +75,8 @@ def windows_cases(g: torch.Generator) -> list[Case]:
         Case("fewer ids than context: a ValueError", (ids(2), 5)),
     ]
     for i in range(2):
-        context = _randint(g, 1, 8)
-        cases.append(Case(f"random length and context {i + 1}", (ids(_randint(g, context + 1, 60)), context)))
+        context = randint(g, 1, 8)
+        cases.append(Case(f"random length and context {i + 1}", (ids(randint(g, context + 1, 60)), context)))
     return cases
 
 
@@ -217,7 +202,7 @@ def forward_cases(g: torch.Generator) -> list[Case]:
         Case("a single example (B = 1)", _forward_args(g, 1, 4, 7, 3, 12)),
     ]
     for i in range(3):
-        sizes = (_randint(g, 1, 16), _randint(g, 1, 6), _randint(g, 3, 40), _randint(g, 2, 12), _randint(g, 4, 32))
+        sizes = (randint(g, 1, 16), randint(g, 1, 6), randint(g, 3, 40), randint(g, 2, 12), randint(g, 4, 32))
         cases.append(Case(f"random sizes {i + 1}", _forward_args(g, *sizes)))
     return cases
 
@@ -318,8 +303,8 @@ def cross_entropy_cases(g: torch.Generator) -> list[Case]:
         Case("two classes (V = 2)", _logits(g, 12, 2, scale=3.0)),
     ]
     for i in range(2):
-        scale = (1.0, 10.0, 100.0)[_randint(g, 0, 2)]
-        cases.append(Case(f"random sizes {i + 1}", _logits(g, _randint(g, 1, 64), _randint(g, 2, 100), scale=scale)))
+        scale = (1.0, 10.0, 100.0)[randint(g, 0, 2)]
+        cases.append(Case(f"random sizes {i + 1}", _logits(g, randint(g, 1, 64), randint(g, 2, 100), scale=scale)))
     return cases
 
 
@@ -450,8 +435,8 @@ def mlplm_cases(g: torch.Generator) -> list[Case]:
         case("idx one column wider than context: a ValueError", Sizes(8, 2, 3, 8), 3, how="wrong width"),
     ]
     for i in range(2):
-        sizes = Sizes(_randint(g, 5, 40), _randint(g, 1, 6), _randint(g, 2, 12), _randint(g, 8, 32))
-        cases.append(case(f"random sizes {i + 1}", sizes, _randint(g, 1, 16)))
+        sizes = Sizes(randint(g, 5, 40), randint(g, 1, 6), randint(g, 2, 12), randint(g, 8, 32))
+        cases.append(case(f"random sizes {i + 1}", sizes, randint(g, 1, 16)))
     return cases
 
 
@@ -459,7 +444,7 @@ def run_mlplm(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     """Build the answer from the case's sizes; report its initialisation, load the package's weights,
     and return the logits, the loss and the gradients of ``loss + (logits * proj).sum()``."""
     sizes, state, idx, y, proj, how = case.args
-    with _global_seed():
+    with global_seed():
         model = answer(sizes.vocab_size, **sizes.kwargs())
     if not isinstance(model, nn.Module):
         raise AnswerError(f"MLPLM(...) built a {type(model).__name__}, not an nn.Module")
@@ -611,7 +596,7 @@ def step_cases(g: torch.Generator) -> list[Case]:
         _steps_case(g, "AdamW, context 1", 8, 1, 8, "AdamW", {"lr": 0.01}),
         _steps_case(g, "a batch of one", 6, 2, 1, "SGD", sgd),
     ]
-    cases.append(_steps_case(g, "random sizes", _randint(g, 5, 30), _randint(g, 1, 4), _randint(g, 1, 16), "SGD", sgd))
+    cases.append(_steps_case(g, "random sizes", randint(g, 5, 30), randint(g, 1, 4), randint(g, 1, 16), "SGD", sgd))
     return cases
 
 
@@ -746,9 +731,9 @@ def evaluate_cases(g: torch.Generator) -> list[Case]:
         Case("the default batch_size (4096): 50 pairs in one batch", (model(True), *_pairs(g, 12, 3, 50))),
         Case("a batch_size that divides the pairs", (model(True), *_pairs(g, 12, 3, 12), 3)),
     ]
-    N = _randint(g, 5, 60)
+    N = randint(g, 5, 60)
     return cases + [
-        Case(f"random: {N} pairs", (model(bool(_randint(g, 0, 1))), *_pairs(g, 12, 3, N), _randint(g, 1, 16)))
+        Case(f"random: {N} pairs", (model(bool(randint(g, 0, 1))), *_pairs(g, 12, 3, N), randint(g, 1, 16)))
     ]
 
 
@@ -761,8 +746,8 @@ def run_evaluate(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
         calls.append((module.training, torch.is_grad_enabled(), len(args[0])))
 
     model.register_forward_hook(record)
-    with _global_seed():
-        loss = _number(answer(*case.args), "evaluate")
+    with global_seed():
+        loss = number(answer(*case.args), "evaluate")
     return {
         "mean loss": loss,
         "mode afterwards": "training" if model.training else "eval",
@@ -859,16 +844,16 @@ def fit_cases(g: torch.Generator) -> list[Case]:
         case("no held-out data: no evaluation", 4, batch_size=16, lr=0.02, val=False),
         case("the defaults (batch_size 64, lr 1e-2, eval_interval 100, seed 0)", 5),
     ]
-    steps, interval = _randint(g, 2, 8), _randint(g, 1, 4)
+    steps, interval = randint(g, 2, 8), randint(g, 1, 4)
     label = f"random: {steps} steps, an evaluation every {interval}"
-    batch, seed = _randint(g, 1, 32), _randint(g, 0, 1000)
+    batch, seed = randint(g, 1, 32), randint(g, 0, 1000)
     return cases + [case(label, steps, batch_size=batch, lr=0.03, eval_interval=interval, seed=seed)]
 
 
 def run_fit(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     """The history it returned and the weights it left."""
     model = case.args[0]
-    with _global_seed():
+    with global_seed():
         history = answer(*case.args, **case.kwargs)
     keys = ("train", "val_steps", "val")
     if not (isinstance(history, dict) and all(isinstance(history.get(k), list) for k in keys)):
@@ -876,7 +861,7 @@ def run_fit(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
             f"fit returned a {type(history).__name__}; return the dict {{'train': [...], 'val_steps': [...], "
             "'val': [...]}}"
         )
-    out: dict[str, Any] = {k: [_number(v, f"fit's history[{k!r}]") for v in history[k]] for k in keys}
+    out: dict[str, Any] = {k: [number(v, f"fit's history[{k!r}]") for v in history[k]] for k in keys}
     out["val_steps"] = [int(v) if isinstance(v, float) and v.is_integer() else v for v in out["val_steps"]]
     out["weights"] = {name: p.detach().clone() for name, p in model.named_parameters()}
     return out

@@ -11,20 +11,32 @@ the case describes, run the answer, and return what changed as plain data.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from gptcourse.data import get_batch
-from gptcourse.grading.spec import AnswerError, Case, Misconception, Optimizer, Spec, close, randomize_, seeded
+from gptcourse.grading.spec import (
+    AnswerError,
+    Case,
+    Misconception,
+    Optimizer,
+    Spec,
+    close,
+    global_seed,
+    number,
+    randint,
+    randomize_,
+    seeded,
+    update_misconceptions,
+)
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.train import (
     History,
@@ -50,23 +62,6 @@ TRAINER = (  # the package's trainer: no exercise may call the piece it asks for
 
 def _uniform(g: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=g))
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in ``[low, high]``."""
-    return int(torch.randint(low, high + 1, (), generator=g))
-
-
-def _number(value: Any, name: str) -> Any:
-    """A returned number as a float; a one-element tensor counts as a number. ``None`` and other
-    tensors pass through for the comparison to name; anything else cannot be graded."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if value is None or isinstance(value, torch.Tensor):
-        return value
-    raise AnswerError(f"{name} returned a {type(value).__name__}; return a number (a float)")
 
 
 # --- Exercise 1: the learning-rate schedule ---------------------------------------------------------------
@@ -110,11 +105,11 @@ def schedule_cases(g: torch.Generator) -> list[Case]:
         case("min_lr None: lr / 10, at the end", 60, 50, 1e-3, None, 10),
     ]
     for i in range(8):
-        max_steps = _randint(g, 10, 2000)
-        warmup = 0 if i == 0 else _randint(g, 1, max_steps // 2)
+        max_steps = randint(g, 10, 2000)
+        warmup = 0 if i == 0 else randint(g, 1, max_steps // 2)
         lr = float(f"{10 ** _uniform(g, -4, -2):.3g}")
         min_lr = None if i == 3 else float(f"{lr * (0.0, 0.1, _uniform(g, 0, 1))[i % 3]:.3g}")
-        step = _randint(g, 0, max_steps + 20)
+        step = randint(g, 0, max_steps + 20)
         label = f"random schedule {i + 1} ({_phase(step, max_steps, warmup)})"
         cases.append(case(label, step, max_steps, lr, min_lr, warmup))
     return cases
@@ -204,7 +199,7 @@ LR_AT = Spec(
 
 def _small_gpt(g: torch.Generator, **overrides: Any) -> GPT:
     """A one-block GPT small enough that a case trains it in milliseconds."""
-    config = dict(vocab_size=_randint(g, 12, 24), block_size=8, n_layer=1, n_head=2, n_embd=8)
+    config = dict(vocab_size=randint(g, 12, 24), block_size=8, n_layer=1, n_head=2, n_embd=8)
     with seeded(g):
         return GPT(GPTConfig(**(config | overrides)))
 
@@ -339,7 +334,7 @@ class Parameters(tuple):
 def _parameters(g: torch.Generator, count: int, scale: float) -> Parameters:
     pairs = []
     for _ in range(count):
-        shape = tuple(_randint(g, 1, 6) for _ in range(_randint(g, 1, 3)))
+        shape = tuple(randint(g, 1, 6) for _ in range(randint(g, 1, 3)))
         pairs.append((torch.randn(shape, generator=g), torch.randn(shape, generator=g) * scale))
     return Parameters(pairs)
 
@@ -358,8 +353,8 @@ def clip_cases(g: torch.Generator) -> list[Case]:
         params = _parameters(g, count, scale)
         cases.append(Case(label, (params, float(f"{ratio * params.norm:.4g}"))))
     for i in range(3):
-        params = _parameters(g, _randint(g, 1, 5), 10 ** _uniform(g, -1, 2))
-        ratio = (0.1, 0.5, 2.0)[_randint(g, 0, 2)]
+        params = _parameters(g, randint(g, 1, 5), 10 ** _uniform(g, -1, 2))
+        ratio = (0.1, 0.5, 2.0)[randint(g, 0, 2)]
         cases.append(Case(f"random parameters {i + 1}", (params, float(f"{ratio * params.norm:.4g}"))))
     return cases
 
@@ -373,7 +368,7 @@ def run_clip(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
         p.grad = grad.clone()
         params.append(p)
     norm = answer(params, max_norm)
-    return {"returned norm": _number(norm, "clip_gradients"), "gradients": [p.grad for p in params]}
+    return {"returned norm": number(norm, "clip_gradients"), "gradients": [p.grad for p in params]}
 
 
 def reference_clip(parameters: list[nn.Parameter], max_norm: float) -> float:
@@ -483,8 +478,8 @@ def accumulate_cases(g: torch.Generator) -> list[Case]:
         _step_case(g, "one micro-batch, no clipping", Optimizer("AdamW", 1e-2), 1, 0.0),
         _step_case(g, "two micro-batches, no clipping", Optimizer("SGD", 0.5), 2, 0.0),
     ]
-    optimizer = Optimizer("SGD", 0.5) if _randint(g, 0, 1) else Optimizer("AdamW", 1e-2)
-    accum, clip = (1, 2, 4)[_randint(g, 0, 2)], (0.0, 0.1)[_randint(g, 0, 1)]
+    optimizer = Optimizer("SGD", 0.5) if randint(g, 0, 1) else Optimizer("AdamW", 1e-2)
+    accum, clip = (1, 2, 4)[randint(g, 0, 2)], (0.0, 0.1)[randint(g, 0, 1)]
     label = f"random: {accum} micro-batch{'es' if accum > 1 else ''}, grad_clip {clip:g}, {optimizer}"
     return cases + [_step_case(g, label, optimizer, accum, clip)]
 
@@ -494,7 +489,7 @@ def run_steps(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     the losses it returned and the parameters it left."""
     model, optimizer, xs, ys, accum_steps, grad_clip = case.args
     opt = optimizer.build(model)
-    losses = [_number(answer(model, opt, x, y, accum_steps, grad_clip), "train_step") for x, y in zip(xs, ys)]
+    losses = [number(answer(model, opt, x, y, accum_steps, grad_clip), "train_step") for x, y in zip(xs, ys)]
     return {"losses": losses, "parameters": {name: p.detach() for name, p in model.named_parameters()}}
 
 
@@ -584,12 +579,6 @@ TRAIN_STEP = Spec(
             "micro-batches of B / accum_steps sequences each",
         ),
         Misconception(
-            "gradients not zeroed",
-            _accumulate(zero=False),
-            "backward adds to .grad: zero the gradients at the start of every step, or the previous "
-            "step's gradients are added to this one's",
-        ),
-        Misconception(
             "a step per micro-batch",
             _accumulate(step_each=True),
             "accumulating means one optimiser step per batch: step once, after the last micro-batch",
@@ -601,36 +590,16 @@ TRAIN_STEP = Spec(
             "gradient, not of each partial sum",
         ),
         Misconception(
-            "no clipping",
-            _accumulate(clip=False),
-            "with grad_clip > 0, clip the global gradient norm to grad_clip (your clip_gradients) "
-            "before the optimiser steps",
-        ),
-        Misconception(
-            "clipped with grad_clip = 0",
-            _accumulate(clip_at_zero=True),
-            "grad_clip = 0 means no clipping: clipping to a norm of 0 would wipe out the gradients",
-        ),
-        Misconception(
             "the last micro-batch's loss returned",
             _accumulate(last_loss=True),
             "return the mean loss of the whole batch: the sum of the divided micro-batch losses, "
             "not the loss of the last micro-batch",
         ),
+        *update_misconceptions(_accumulate),
     ),
 )
 
 # --- Exercise 5: the evaluation -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _global_seed(seed: int = 1234) -> Iterator[None]:
-    """Run the answer with torch's global generator seeded (and restored afterwards): an answer that
-    draws from it by mistake (dropout left on, batches without their own generator) then gives the
-    same wrong numbers in every process, so its misconception can be recognised."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _tokens(g: torch.Generator, vocab_size: int, n: int) -> torch.Tensor:
@@ -653,8 +622,8 @@ def estimate_cases(g: torch.Generator) -> list[Case]:
         Case("another seed", (m3, data(m3), 4, 2, "cpu", 7)),
         Case("the default seed", (m1, data(m1), 2, 3), {"device": "cpu"}),
     ]
-    m = model(bool(_randint(g, 0, 1)))
-    batch, iters, seed = _randint(g, 1, 6), _randint(g, 1, 5), _randint(g, 0, 1000)
+    m = model(bool(randint(g, 0, 1)))
+    batch, iters, seed = randint(g, 1, 6), randint(g, 1, 5), randint(g, 0, 1000)
     return cases + [
         Case(f"random: batch {batch}, {iters} batches, seed {seed}", (m, data(m), batch, iters, "cpu", seed))
     ]
@@ -663,8 +632,8 @@ def estimate_cases(g: torch.Generator) -> list[Case]:
 def run_estimate(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     """The loss it returned, the mode it left the model in, and whether it left gradients."""
     model = case.args[0]
-    with _global_seed():
-        loss = _number(answer(*case.args, **case.kwargs), "estimate_loss")
+    with global_seed():
+        loss = number(answer(*case.args, **case.kwargs), "estimate_loss")
     return {
         "loss": loss,
         "mode afterwards": "training" if model.training else "eval",
@@ -744,7 +713,7 @@ def _train_case(g: torch.Generator, label: str, dropout: float = 0.0, eval_mode:
     model = _small_gpt(g, dropout=dropout).train(not eval_mode)
     V = model.config.vocab_size
     base = dict(
-        max_steps=6, batch_size=4, lr=1e-2, eval_interval=3, eval_iters=2, progress=False, seed=_randint(g, 0, 10**6)
+        max_steps=6, batch_size=4, lr=1e-2, eval_interval=3, eval_iters=2, progress=False, seed=randint(g, 0, 10**6)
     )
     return Case(label, (model, _tokens(g, V, 400), _tokens(g, V, 200), TrainConfig(**(base | config))))
 
@@ -759,7 +728,7 @@ def train_cases(g: torch.Generator) -> list[Case]:
     ]
     stopped = _train_case(g, "stop_after 4 of 6 steps", warmup_steps=1, eval_interval=2)
     cases.append(Case(stopped.label, stopped.args, {"stop_after": 4}))
-    accum, clip = _randint(g, 1, 2), (0.0, 0.3)[_randint(g, 0, 1)]
+    accum, clip = randint(g, 1, 2), (0.0, 0.3)[randint(g, 0, 1)]
     label = f"random: {accum} micro-batch(es), grad_clip {clip:g}, dropout 0.1"
     return cases + [_train_case(g, label, dropout=0.1, grad_accum_steps=accum, grad_clip=clip, warmup_steps=2)]
 
@@ -773,7 +742,7 @@ def _history(history: Any, model: nn.Module) -> dict[str, Any]:
             f"train returned a {type(history).__name__} without the list {missing[0]!r}; return a "
             "gptcourse.train.History with its lists filled in"
         )
-    out: dict[str, Any] = {name: [_number(v, f"history.{name}") for v in getattr(history, name)] for name in fields}
+    out: dict[str, Any] = {name: [number(v, f"history.{name}") for v in getattr(history, name)] for name in fields}
     out["eval_steps"] = [int(v) if isinstance(v, float) and v.is_integer() else v for v in out["eval_steps"]]
     out["weights"] = {name: p.detach().clone() for name, p in model.named_parameters()}
     return out
@@ -782,7 +751,7 @@ def _history(history: Any, model: nn.Module) -> dict[str, Any]:
 def run_train(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     """Train the case's model with the answer (no checkpoint); return the history and the weights."""
     model = case.args[0]
-    with _global_seed():
+    with global_seed():
         return _history(answer(*case.args, **case.kwargs), model)
 
 
@@ -809,7 +778,7 @@ def run_resume(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
         passes[0] += int(module.training)
 
     restarted.register_forward_hook(count)
-    with tempfile.TemporaryDirectory() as folder, _global_seed():
+    with tempfile.TemporaryDirectory() as folder, global_seed():
         config = dataclasses.replace(config, checkpoint_path=os.path.join(folder, "run.pt"))
         first = answer(model, train_data, val_data, config, stop_after=stop_after)
         written = os.path.exists(config.checkpoint_path)

@@ -27,7 +27,7 @@ from torch import nn
 
 from gptcourse import generate as reference
 from gptcourse.attention import KVCache
-from gptcourse.grading.spec import AnswerError, Case, Misconception, Spec, close, randomize_, seeded
+from gptcourse.grading.spec import AnswerError, Case, Misconception, Spec, close, randint, randomize_, seeded
 from gptcourse.model import GPT, GPTConfig
 
 MARGIN = 1e-3  # smallest distance of a cumulative probability from top_p in a case
@@ -45,11 +45,6 @@ _close = close(atol=1e-5, rtol=1e-4)
 
 def _uniform(g: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=g))
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in ``[low, high]``."""
-    return int(torch.randint(low, high + 1, (), generator=g))
 
 
 def _raises(label: str) -> bool:
@@ -245,7 +240,7 @@ def temperature_cases(g: torch.Generator) -> list[Case]:
     ]
     for i in range(3):
         t = float(f"{_uniform(g, 0.05, 5.0):.3g}")
-        cases.append(case(f"random temperature {i + 1}", _randint(g, 1, 4), _randint(g, 5, 60), t))
+        cases.append(case(f"random temperature {i + 1}", randint(g, 1, 4), randint(g, 5, 60), t))
     return cases
 
 
@@ -292,10 +287,10 @@ def top_k_cases(g: torch.Generator) -> list[Case]:
         case("top_k = 0: a ValueError", _logits(g, 2, 6, 2.0), 0),
     ]
     for i in range(3):
-        V = _randint(g, 5, 60)
+        V = randint(g, 5, 60)
         t = float(f"{_uniform(g, 0.3, 3.0):.2g}")
-        logits = _logits(g, _randint(g, 1, 4), V, _uniform(g, 0.5, 4.0))
-        cases.append(case(f"random {i + 1}: temperature {t:g}", logits, _randint(g, 1, V - 1), t))
+        logits = _logits(g, randint(g, 1, 4), V, _uniform(g, 0.5, 4.0))
+        cases.append(case(f"random {i + 1}: temperature {t:g}", logits, randint(g, 1, V - 1), t))
     return cases
 
 
@@ -364,9 +359,9 @@ def top_p_cases(g: torch.Generator) -> list[Case]:
         case("top_p = 1.5: a ValueError", _logits(g, 2, 6, 2.0), 1.5),
     ]
     for i in range(3):
-        B, V, p = _randint(g, 1, 4), _randint(g, 5, 60), float(f"{_uniform(g, 0.05, 0.99):.3g}")
+        B, V, p = randint(g, 1, 4), randint(g, 5, 60), float(f"{_uniform(g, 0.05, 0.99):.3g}")
         t = float(f"{_uniform(g, 0.5, 2.0):.2g}")
-        k = _randint(g, 2, V) if _randint(g, 0, 1) else None
+        k = randint(g, 2, V) if randint(g, 0, 1) else None
         logits = _logits(g, B, V, _uniform(g, 0.5, 4.0), temperature=t, top_k=k, top_p=p)
         cases.append(case(f"random {i + 1}: temperature {t:g}, top_k {k}", logits, p, t, k))
     return cases
@@ -420,8 +415,8 @@ def repetition_cases(g: torch.Generator) -> list[Case]:
         Case("a negative penalty: a ValueError", (*context(1, 6, 2, False), -1.2)),
     ]
     for i in range(3):
-        V = _randint(g, 6, 40)
-        B, T, p = _randint(g, 1, 4), _randint(g, 2, V // 2), float(f"{_uniform(g, 1.05, 3.0):.3g}")
+        V = randint(g, 6, 40)
+        B, T, p = randint(g, 1, 4), randint(g, 2, V // 2), float(f"{_uniform(g, 1.05, 3.0):.3g}")
         cases.append(Case(f"random {i + 1}", (*context(B, V, T, True), p)))
     return cases
 
@@ -603,17 +598,17 @@ def generate_cases(g: torch.Generator) -> list[Case]:
         case("idx of dtype float: a ValueError", 1, 3, 2, mode="idx float"),
     ]
     for i in range(2):
-        config = _config(block_size=_randint(g, 4, 10), n_layer=_randint(g, 1, 3))
+        config = _config(block_size=randint(g, 4, 10), n_layer=randint(g, 1, 3))
         t = float(f"{_uniform(g, 0.5, 1.5):.2g}")
         cases.append(
             case(
                 f"random {i + 1}: temperature {t:g}",
-                _randint(g, 1, 3),
-                _randint(g, 1, 12),
+                randint(g, 1, 3),
+                randint(g, 1, 12),
                 10,
                 config=config,
                 temperature=t,
-                top_k=_randint(g, 2, 13),
+                top_k=randint(g, 2, 13),
                 repetition_penalty=1.5,
             )
         )
@@ -638,9 +633,9 @@ def cache_cases(g: torch.Generator) -> list[Case]:
         case("max_new_tokens 0: no call of the model", 1, 3, 0),
     ]
     for i in range(2):
-        config = _config(block_size=_randint(g, 4, 10), n_layer=_randint(g, 1, 3))
+        config = _config(block_size=randint(g, 4, 10), n_layer=randint(g, 1, 3))
         cases.append(
-            case(f"random {i + 1}", _randint(g, 1, 3), _randint(g, 1, 12), 12, config=config, repetition_penalty=1.5)
+            case(f"random {i + 1}", randint(g, 1, 3), randint(g, 1, 12), 12, config=config, repetition_penalty=1.5)
         )
     return cases
 

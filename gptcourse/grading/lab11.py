@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from gptcourse.attention import attended_pairs, causal_mask, fixed_mask, local_mask, sparse_mask, strided_mask
-from gptcourse.grading.spec import Case, Misconception, Spec, close, seeded
+from gptcourse.grading.spec import Case, Misconception, Spec, close, randint, seeded
 from gptcourse.model import GPT, GPTConfig
 
 FORBIDDEN = (
@@ -24,11 +24,6 @@ FORBIDDEN = (
 )
 Mask = Callable[..., torch.Tensor]
 CH = "Chapter 12"
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in ``[low, high]``."""
-    return int(torch.randint(low, high + 1, (), generator=g))
 
 
 def mask_cases(param: str) -> Callable[[torch.Generator], list[Case]]:
@@ -46,9 +41,9 @@ def mask_cases(param: str) -> Callable[[torch.Generator], list[Case]]:
             Case("S = T given explicitly", (7, 3, 7)),
         ]
         for i in range(4):
-            T = _randint(g, 2, 40)
-            fixed.append(Case(f"random sizes {i + 1}", (T, _randint(g, 1, T + 3))))
-            fixed.append(Case(f"random sizes with S > T {i + 1}", (T, _randint(g, 1, 10), T + _randint(g, 1, 20))))
+            T = randint(g, 2, 40)
+            fixed.append(Case(f"random sizes {i + 1}", (T, randint(g, 1, T + 3))))
+            fixed.append(Case(f"random sizes with S > T {i + 1}", (T, randint(g, 1, 10), T + randint(g, 1, 20))))
         return fixed
 
     return cases
@@ -218,10 +213,10 @@ def fixed_cases(g: torch.Generator) -> list[Case]:
         Case("one new query after 10 cached keys (S = 11)", (1, 3, 11)),
     ]
     for i in range(4):
-        T = _randint(g, 2, 40)
-        stride = _randint(g, 1, 10)
-        S = T + _randint(g, 0, 20)
-        cases.append(Case(f"random sizes {i + 1}", (T, stride, S, None, _randint(g, 1, stride))))
+        T = randint(g, 2, 40)
+        stride = randint(g, 1, 10)
+        S = T + randint(g, 0, 20)
+        cases.append(Case(f"random sizes {i + 1}", (T, stride, S, None, randint(g, 1, stride))))
     return cases
 
 
@@ -289,9 +284,9 @@ def sparse_cases(g: torch.Generator) -> list[Case]:
     cases.append(Case("'local' with the defaults (window 1)", ("local", 6)))
     cases.append(Case("'fixed' with window 2 and stride 5 (window unused)", ("fixed", 12), {"window": 2, "stride": 5}))
     for n in range(4):
-        T = _randint(g, 1, 30)
-        kw = {"window": _randint(g, 1, 8), "stride": _randint(g, 1, 8)}
-        cases.append(Case(f"random {PATTERNS[n]!r}", (PATTERNS[n], T, T + _randint(g, 0, 10)), kw))
+        T = randint(g, 1, 30)
+        kw = {"window": randint(g, 1, 8), "stride": randint(g, 1, 8)}
+        cases.append(Case(f"random {PATTERNS[n]!r}", (PATTERNS[n], T, T + randint(g, 0, 10)), kw))
     return cases
 
 
@@ -482,7 +477,7 @@ def pairs_cases(g: torch.Generator) -> list[Case]:
         Case("a single pair", (torch.ones(1, 1, dtype=torch.bool),)),
     ]
     for i in range(2):
-        T = _randint(g, 2, 30)
+        T = randint(g, 2, 30)
         cases.append(Case(f"random mask {i + 1}", (torch.rand(T, T + 3, generator=g) < 0.4,)))
     return cases
 

@@ -21,17 +21,13 @@ from gptcourse.grading.spec import (
     Spec,
     close,
     load_reference_weights,
+    randint,
     randomize_,
     seeded,
 )
 from gptcourse.model import GPTConfig
 
 _close = close(atol=1e-5, rtol=1e-4)
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in ``[low, high]``."""
-    return int(torch.randint(low, high + 1, (), generator=g))
 
 
 def _logits(g: torch.Generator, N: int, E: int, scale: float, lead: tuple[int, ...] = ()) -> torch.Tensor:
@@ -60,8 +56,8 @@ def gate_cases(g: torch.Generator) -> list[Case]:
         Case("k = 0: a ValueError", (_logits(g, 3, 4, 1.0), 0)),
     ]
     for i in range(3):
-        N, E = _randint(g, 1, 30), _randint(g, 2, 10)
-        cases.append(Case(f"random routing {i + 1}", (_logits(g, N, E, (0.5, 1.0, 4.0)[i]), _randint(g, 1, E))))
+        N, E = randint(g, 1, 30), randint(g, 2, 10)
+        cases.append(Case(f"random routing {i + 1}", (_logits(g, N, E, (0.5, 1.0, 4.0)[i]), randint(g, 1, E))))
     return cases
 
 
@@ -210,8 +206,8 @@ def balance_cases(g: torch.Generator) -> list[Case]:
         Case("a single token", (*_routing(g, 1, 6, 3), 0.01)),
     ]
     for i in range(3):
-        N, E = _randint(g, 1, 40), _randint(g, 2, 10)
-        cases.append(Case(f"random routing {i + 1}", (*_routing(g, N, E, _randint(g, 1, E)), (0.01, 0.1, 1.0)[i])))
+        N, E = randint(g, 1, 40), randint(g, 2, 10)
+        cases.append(Case(f"random routing {i + 1}", (*_routing(g, N, E, randint(g, 1, E)), (0.01, 0.1, 1.0)[i])))
     return cases
 
 
@@ -428,11 +424,11 @@ def route_cases(g: torch.Generator) -> list[Case]:
         _layer_case(g, "k = E with capacity factor 2.0", 8, 3, 3, 2.0, (6, 8)),
     ]
     for i in range(3):
-        E = _randint(g, 2, 6)
-        N = _randint(g, 1, 30)
+        E = randint(g, 2, 6)
+        N = randint(g, 1, 30)
         factor = (0.5, 1.0, 1.25)[i]
         logits = _skewed(g, N, E, (2.0,))
-        cases.append(_layer_case(g, f"random layer {i + 1}", 8, E, _randint(g, 1, E), factor, (N, 8), logits))
+        cases.append(_layer_case(g, f"random layer {i + 1}", 8, E, randint(g, 1, E), factor, (N, 8), logits))
     return cases
 
 
@@ -629,11 +625,11 @@ def forward_cases(g: torch.Generator) -> list[Case]:
         _layer_case(g, "three leading dimensions (2, 2, 3, 8), k = E", 8, 3, 3, 1.25, (2, 2, 3, 8)),
     ]
     for i in range(2):
-        E = _randint(g, 2, 6)
-        B, T = _randint(g, 1, 3), _randint(g, 1, 8)
+        E = randint(g, 2, 6)
+        B, T = randint(g, 1, 3), randint(g, 1, 8)
         factor = (None, 1.0)[i]
         cases.append(
-            _layer_case(g, f"random layer {i + 1}", (8, 16)[i], E, _randint(g, 1, E), factor, (B, T, (8, 16)[i]))
+            _layer_case(g, f"random layer {i + 1}", (8, 16)[i], E, randint(g, 1, E), factor, (B, T, (8, 16)[i]))
         )
     return cases
 

@@ -6,10 +6,9 @@ weights they leave; a module is compared on the reference's weights (``load_refe
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,38 +23,20 @@ from gptcourse.grading.spec import (
     Optimizer,
     Spec,
     close,
+    compare_with_gradients,
+    global_seed,
     load_reference_weights,
+    number,
+    randint,
     randomize_,
     seeded,
+    update_misconceptions,
 )
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.tokenizers import CharTokenizer
 from gptcourse.train import configure_optimizer
 
 _close = close(atol=1e-5, rtol=1e-4)
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in ``[low, high]``."""
-    return int(torch.randint(low, high + 1, (), generator=g))
-
-
-def compare_with_gradients(got: Any, expected: Any, case: Case) -> str | None:
-    """The values; a gradient that is missing (the result was cut off from the graph) is named as such."""
-    if isinstance(got, dict) and isinstance(expected, dict):
-        for key, value in expected.items():
-            if key.startswith("gradient") and value is not None and key in got and got[key] is None:
-                wrong = _close(
-                    {k: got.get(k) for k in expected if not k.startswith("gradient")},
-                    {k: v for k, v in expected.items() if not k.startswith("gradient")},
-                    case,
-                )
-                return (
-                    wrong
-                    or f"has no {key}: the result must stay differentiable (no .detach(), .item() or "
-                    "torch.tensor around it)"
-                )
-    return _close(got, expected, case)
 
 
 # --- Exercise 1: the classification head ------------------------------------------------------------------
@@ -85,7 +66,7 @@ def head_cases(g: torch.Generator) -> list[Case]:
         _head_case(g, "a single row", 1, 6, 16, 5, False, "padded"),
     ]
     for i in range(3):
-        B, T, C, K = _randint(g, 1, 6), _randint(g, 3, 12), (4, 8, 16)[i], _randint(g, 2, 5)
+        B, T, C, K = randint(g, 1, 6), randint(g, 3, 12), (4, 8, 16)[i], randint(g, 2, 5)
         cases.append(_head_case(g, f"random batch {i + 1}", B, T, C, K, i % 2 == 0, "padded"))
     return cases
 
@@ -114,7 +95,7 @@ HEAD = Spec(
     reference=ref.classifier_logits,
     cases=head_cases,
     run=run_head,
-    compare=compare_with_gradients,
+    compare=compare_with_gradients(),
     forbidden=("gptcourse.finetune.classifier_logits", "gptcourse.finetune.GPTClassifier.forward"),
     hint="(Chapter 14, The classification head) for each row b take the hidden state at its own extract position "
     "extract_pos[b] (a (B, C) matrix), then apply the head: (B, K); keep it differentiable",
@@ -184,7 +165,7 @@ def loss_cases(g: torch.Generator) -> list[Case]:
         _loss_case(g, "a single row", 1, 8, 6, 3, 0.5),
     ]
     for i in range(3):
-        B, T, V, K = _randint(g, 1, 6), _randint(g, 2, 10), _randint(g, 3, 20), _randint(g, 2, 5)
+        B, T, V, K = randint(g, 1, 6), randint(g, 2, 10), randint(g, 3, 20), randint(g, 2, 5)
         cases.append(_loss_case(g, f"random batch {i + 1}", B, T, V, K, (0.1, 1.0, 0.5)[i]))
     return cases
 
@@ -259,7 +240,7 @@ COMBINED_LOSS = Spec(
     reference=ref.combined_loss,
     cases=loss_cases,
     run=run_loss,
-    compare=compare_with_gradients,
+    compare=compare_with_gradients(),
     forbidden=("gptcourse.finetune.combined_loss",),
     hint="(Chapter 14, The objective) L2 is the cross-entropy of the class logits against the labels; L1 the mean "
     "next-token cross-entropy over the positions whose target is not -1; L3 = L2 + lambda * L1; return (L3, L2, L1)",
@@ -307,24 +288,6 @@ COMBINED_LOSS = Spec(
 # --- shared helpers -----------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _global_seed(seed: int = 1234) -> Iterator[None]:
-    """Run the answer with torch's global generator seeded (and restored afterwards): an answer that
-    draws from it (dropout left on) then gives the same wrong numbers in every process."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _number(value: Any, name: str) -> Any:
-    """A returned number as a float (a one-element tensor counts as one)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value.detach())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise AnswerError(f"{name} returned a {type(value).__name__} where a number (a float) was expected")
-
-
 def _padded(g: torch.Generator, lengths: list[int], T: int, V: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(idx (B, T), extract_pos (B,))`` as :func:`gptcourse.finetune.collate` makes them: row ``b`` has
     ``lengths[b]`` tokens, the last of which is the extract token ``V - 1``, then padding (also ``V - 1``)."""
@@ -336,7 +299,7 @@ def _padded(g: torch.Generator, lengths: list[int], T: int, V: int) -> tuple[tor
 
 
 def _lengths(g: torch.Generator, B: int, T: int, low: int = 1) -> list[int]:
-    lengths = [_randint(g, low, T) for _ in range(B)]
+    lengths = [randint(g, low, T) for _ in range(B)]
     lengths[0] = max(low, T - 2)  # at least one padded row
     return lengths
 
@@ -357,8 +320,8 @@ def targets_cases(g: torch.Generator) -> list[Case]:
         case("a single row", [4], 9),
     ]
     for i in range(3):
-        B, T = _randint(g, 1, 6), _randint(g, 3, 12)
-        cases.append(case(f"random batch {i + 1}", _lengths(g, B, T), T, _randint(g, 5, 30)))
+        B, T = randint(g, 1, 6), randint(g, 3, 12)
+        cases.append(case(f"random batch {i + 1}", _lengths(g, B, T), T, randint(g, 5, 30)))
     return cases
 
 
@@ -459,7 +422,7 @@ def classifier_cases(g: torch.Generator) -> list[Case]:
     """``(body, n_classes, reference weights, idx, extract_pos, labels)``."""
 
     def case(label: str, lengths: list[int], T: int, K: int, **config: Any) -> Case:
-        body = Body(_body_config(g, **config), _randint(g, 0, 10**6))
+        body = Body(_body_config(g, **config), randint(g, 0, 10**6))
         with seeded(g):
             model = randomize_(ref.GPTClassifier(GPT(body.config), K), g, scale=0.3)
         state = Weights((n, p.detach().clone()) for n, p in model.named_parameters())  # lm_head is tied to wte
@@ -467,13 +430,13 @@ def classifier_cases(g: torch.Generator) -> list[Case]:
         labels = torch.randint(K, (len(lengths),), generator=g)
         return Case(label, (body, K, state, idx, extract_pos, labels))
 
-    B, T = _randint(g, 1, 5), _randint(g, 4, 12)
+    B, T = randint(g, 1, 5), randint(g, 4, 12)
     return [
         case("rows of different lengths, right-padded", [7, 3, 9, 5], 9, 4),
         case("no padding: every extract token last", [6, 6, 6], 6, 3),
         case("a GPT without biases, two classes", [5, 2, 8], 8, 2, bias=False),
         case("a single row", [4], 7, 5),
-        case(f"random batch ({B} rows)", _lengths(g, B, T), T, _randint(g, 2, 5)),
+        case(f"random batch ({B} rows)", _lengths(g, B, T), T, randint(g, 2, 5)),
     ]
 
 
@@ -592,9 +555,9 @@ def scale_cases(g: torch.Generator) -> list[Case]:
         Case("no warmup, a step of the decay", (8, 20, 0)),
     ]
     for i in range(4):
-        steps = _randint(g, 10, 500)
-        warmup = 0 if i == 0 else _randint(g, 1, steps // 3)
-        cases.append(Case(f"random schedule {i + 1}", (_randint(g, 0, steps - 1), steps, warmup)))
+        steps = randint(g, 10, 500)
+        warmup = 0 if i == 0 else randint(g, 1, steps // 3)
+        cases.append(Case(f"random schedule {i + 1}", (randint(g, 0, steps - 1), steps, warmup)))
     return cases
 
 
@@ -659,7 +622,7 @@ STEPS = 2  # two steps: gradients left over from the first show in the second
 
 def _classifier(g: torch.Generator, vocab_size: int = 12, n_embd: int = 16, **config: Any) -> ref.GPTClassifier:
     with seeded(g):
-        model = ref.GPTClassifier(GPT(_body_config(g, vocab_size, n_embd, **config)), _randint(g, 2, 4))
+        model = ref.GPTClassifier(GPT(_body_config(g, vocab_size, n_embd, **config)), randint(g, 2, 4))
     return randomize_(model, g, scale=0.3)
 
 
@@ -674,7 +637,7 @@ def step_cases(g: torch.Generator) -> list[Case]:
         args = (model, optimizer, idxs, poss, labels, lam)
         return Case(f"{label} ({STEPS} steps)", args if clip is None else (*args, clip))
 
-    lam = (0.1, 0.5, 2.0)[_randint(g, 0, 2)]
+    lam = (0.1, 0.5, 2.0)[randint(g, 0, 2)]
     return [
         case("lambda 0.5, clipped to 0.05", Optimizer("SGD", 0.5), 0.5, 0.05),
         case("lambda 1, grad_clip 0 (no clipping)", Optimizer("SGD", 0.5), 1.0, 0.0),
@@ -689,12 +652,12 @@ def run_step(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     model, optimizer, idxs, poss, labels, lam, *clip = case.args
     opt = optimizer.build(model)
     losses = []
-    with _global_seed():
+    with global_seed():
         for idx, pos, y in zip(idxs, poss, labels):
             result = answer(model, opt, idx, pos, y, lam, *clip)
             if not isinstance(result, (tuple, list)) or len(result) != 3:
                 raise AnswerError(f"finetune_step should return (L3, L2, L1), it returned a {type(result).__name__}")
-            losses.append([_number(v, "finetune_step") for v in result])
+            losses.append([number(v, "finetune_step") for v in result])
     return {"(L3, L2, L1) per step": losses, "parameters": {n: p.detach() for n, p in model.named_parameters()}}
 
 
@@ -750,28 +713,12 @@ FINETUNE_STEP = Spec(
             "predict the padding after <e> (Chapter 14, The objective)",
         ),
         Misconception(
-            "gradients not zeroed",
-            _step(zero=False),
-            "backward adds to .grad: zero the gradients in every step, or the previous batch's gradients are "
-            "added to this one's",
-        ),
-        Misconception(
-            "no clipping",
-            _step(clip=False),
-            "with grad_clip > 0, clip the global gradient norm to grad_clip before the optimiser steps, as every "
-            "loop of the course does (Chapter 14, The fine-tuning step)",
-        ),
-        Misconception(
-            "clipped with grad_clip = 0",
-            _step(clip_at_zero=True),
-            "grad_clip = 0 means no clipping: clipping to a norm of 0 would wipe out the gradients",
-        ),
-        Misconception(
             "only L2 back-propagated",
             _step(l3=False),
             "back-propagate the combined objective L3 = L2 + lambda L1, not the task loss alone: the LM term "
             "is what keeps the model a language model while it learns the task",
         ),
+        *update_misconceptions(_step),
     ),
 )
 
@@ -783,9 +730,9 @@ _CHARS = "abcd \n"
 
 def _examples(g: torch.Generator, n: int, n_classes: int) -> list[ref.Example]:
     def text() -> str:
-        return "".join(_CHARS[_randint(g, 0, len(_CHARS) - 1)] for _ in range(_randint(g, 1, 7)))
+        return "".join(_CHARS[randint(g, 0, len(_CHARS) - 1)] for _ in range(randint(g, 1, 7)))
 
-    return [ref.Example((text(), text()), _randint(g, 0, n_classes - 1)) for _ in range(n)]
+    return [ref.Example((text(), text()), randint(g, 0, n_classes - 1)) for _ in range(n)]
 
 
 def _task_model(g: torch.Generator, dropout: float, training: bool) -> tuple[ref.GPTClassifier, ref.TaskTokenizer]:
@@ -804,26 +751,26 @@ def evaluate_cases(g: torch.Generator) -> list[Case]:
             return Case(label, (model, examples, tokenizer), {"device": "cpu"})
         return Case(label, (model, examples, tokenizer, batch_size, "cpu"))
 
-    n, b = _randint(g, 3, 12), _randint(g, 2, 5)
+    n, b = randint(g, 3, 12), randint(g, 2, 5)
     return [
         case("a model in training mode, 10 examples in batches of 4", 10, 4, True),
         case("a model in eval mode (it must stay so), 7 examples in batches of 3", 7, 3, False),
         case("one batch larger than the examples", 5, 8, True),
         case("batch_size left at its default", 6, None, True),
-        case(f"random: {n} examples in batches of {b}", n, b, bool(_randint(g, 0, 1))),
+        case(f"random: {n} examples in batches of {b}", n, b, bool(randint(g, 0, 1))),
     ]
 
 
 def run_evaluate(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     """The accuracy and the mean L2 it returned, the mode it left the model in, and gradients left."""
     model = case.args[0]
-    with _global_seed():
+    with global_seed():
         result = answer(*case.args, **case.kwargs)
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise AnswerError(f"evaluate should return (accuracy, mean L2), it returned a {type(result).__name__}")
     return {
-        "accuracy": _number(result[0], "evaluate"),
-        "mean L2": _number(result[1], "evaluate"),
+        "accuracy": number(result[0], "evaluate"),
+        "mean L2": number(result[1], "evaluate"),
         "mode afterwards": "training" if model.training else "eval",
         "gradients left in .grad": any(p.grad is not None for p in model.parameters()),
     }
@@ -915,7 +862,7 @@ def finetune_cases(g: torch.Generator) -> list[Case]:
         K = model.head.out_features
         task = ref.SpeakerTask([f"speaker {k}" for k in range(K)], _examples(g, 24, K), _examples(g, 9, K))
         base = dict(
-            lam=0.5, steps=5, batch_size=4, lr=1e-2, warmup_steps=2, device="cpu", seed=_randint(g, 1, 1000),
+            lam=0.5, steps=5, batch_size=4, lr=1e-2, warmup_steps=2, device="cpu", seed=randint(g, 1, 1000),
             progress=False, eval_every=2, weight_decay=0.1,
         )  # fmt: skip
         return Case(label, (model, task, tokenizer), base | kwargs)
@@ -924,14 +871,14 @@ def finetune_cases(g: torch.Generator) -> list[Case]:
         case("5 steps, warmup 2, an evaluation every 2 steps and one at the end"),
         case("a model given in eval mode, with dropout", training=False),
         case("lambda 0, no intermediate evaluation", lam=0.0, eval_every=0, steps=4, warmup_steps=1),
-        case("random", lam=(0.1, 1.0)[_randint(g, 0, 1)], batch_size=_randint(g, 2, 6), warmup_steps=_randint(g, 0, 3)),
+        case("random", lam=(0.1, 1.0)[randint(g, 0, 1)], batch_size=randint(g, 2, 6), warmup_steps=randint(g, 0, 3)),
     ]
 
 
 def run_finetune(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     """Fine-tune the case's model with the answer; return the history it returned and the weights it left."""
     model = case.args[0]
-    with _global_seed():
+    with global_seed():
         history = answer(*case.args, **case.kwargs)
     fields = ("loss", "task_loss", "lm_loss", "eval_steps", "eval_accuracy", "eval_task_loss")
     missing = [name for name in fields if not isinstance(getattr(history, name, None), list)]
@@ -940,10 +887,10 @@ def run_finetune(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
             f"finetune returned a {type(history).__name__} without the list {missing[0]!r}; return a "
             "gptcourse.finetune.FinetuneHistory with its lists filled in"
         )
-    out: dict[str, Any] = {name: [_number(v, f"history.{name}") for v in getattr(history, name)] for name in fields}
+    out: dict[str, Any] = {name: [number(v, f"history.{name}") for v in getattr(history, name)] for name in fields}
     out["eval_steps"] = [int(v) for v in out["eval_steps"]]
     for name in ("val_accuracy", "val_task_loss"):
-        out[name] = _number(getattr(history, name, None), f"history.{name}")
+        out[name] = number(getattr(history, name, None), f"history.{name}")
     out["weights"] = {name: p.detach().clone() for name, p in model.named_parameters()}
     return out
 

@@ -15,10 +15,9 @@ accuracy far from 0 and 1 shows every mistake of the harness.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +25,18 @@ from torch import nn
 
 from gptcourse import incontext
 from gptcourse.attention import attention_maps
-from gptcourse.grading.spec import AnswerError, Case, Misconception, Spec, close, exact, randomize_, seeded
+from gptcourse.grading.spec import (
+    AnswerError,
+    Case,
+    Misconception,
+    Spec,
+    close,
+    exact,
+    global_seed,
+    randint,
+    randomize_,
+    seeded,
+)
 from gptcourse.incontext import ARROW, COLON, DESCRIPTIONS, END, TASKS, WORD_LEN, demo_length, split_words
 from gptcourse.loops import evaluating
 from gptcourse.model import GPT, GPTConfig
@@ -47,26 +57,12 @@ V = TOK.vocab_size
 TRAIN_WORDS, HELDOUT_WORDS = split_words()
 
 
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in ``[low, high]``."""
-    return int(torch.randint(low, high + 1, (), generator=g))
-
-
 def _pick(g: torch.Generator, items: Sequence[Any]) -> Any:
-    return items[_randint(g, 0, len(items) - 1)]
+    return items[randint(g, 0, len(items) - 1)]
 
 
 def _words(g: torch.Generator, n: int, pool: Sequence[str] = HELDOUT_WORDS) -> list[str]:
     return [pool[i] for i in torch.randperm(len(pool), generator=g)[:n].tolist()]
-
-
-@contextlib.contextmanager
-def _global_seed(seed: int = 1234) -> Iterator[None]:
-    """Run the answer with torch's global generator seeded (and restored afterwards): an answer that
-    samples by mistake, or leaves dropout on, then gives the same wrong numbers in every process."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class Rng(random.Random):
@@ -118,7 +114,7 @@ def prompt_cases(g: torch.Generator) -> list[Case]:
         Case("two demonstrations, described=False given", ("swap pairs", w[8:10], w[10], False)),
     ]
     for i in range(4):
-        k = _randint(g, 1, 5)
+        k = randint(g, 1, 5)
         words = _words(g, k + 1, TRAIN_WORDS)
         cases.append(
             Case(
@@ -188,7 +184,7 @@ PROMPT = Spec(
 def batch_cases(g: torch.Generator) -> list[Case]:
     """``(words, batch_size, n_demos, rng[, tasks, described])``; the rng a fresh ``random.Random``."""
     words = _words(g, 40, TRAIN_WORDS)
-    s = [_randint(g, 0, 10_000) for _ in range(8)]
+    s = [randint(g, 0, 10_000) for _ in range(8)]
     cases = [
         Case("no description (described=0)", (words, 4, 3, Rng(s[0])), {"described": 0.0}),
         Case("every row described (described=1)", (words, 4, 2, Rng(s[1])), {"described": 1.0}),
@@ -197,7 +193,7 @@ def batch_cases(g: torch.Generator) -> list[Case]:
         Case("one demonstration per row", (words, 3, 1, Rng(s[4])), {"described": 0.5}),
     ]
     for i in range(3):
-        cases.append(Case(f"random batch {i + 1}", (words, _randint(g, 2, 8), _randint(g, 1, 5), Rng(s[5 + i]))))
+        cases.append(Case(f"random batch {i + 1}", (words, randint(g, 2, 8), randint(g, 1, 5), Rng(s[5 + i]))))
     return cases
 
 
@@ -358,7 +354,7 @@ def _complete(
 
 
 def run_complete(answer: Callable[..., Any], case: Case) -> str:
-    with _global_seed():
+    with global_seed():
         out = answer(*case.args, **case.kwargs)
     if not isinstance(out, str):
         raise AnswerError(f"complete returned a {type(out).__name__}; return the continuation as a str")
@@ -464,9 +460,9 @@ class RuleModel(nn.Module):
 
 def accuracy_cases(g: torch.Generator) -> list[Case]:
     """``(model, task, k, words[, n, seed, described])``."""
-    model = RuleModel(block_size=64, seed=_randint(g, 0, 1000))
+    model = RuleModel(block_size=64, seed=randint(g, 0, 1000))
     words = _words(g, 120)
-    s = [_randint(g, 0, 10_000) for _ in range(6)]
+    s = [randint(g, 0, 10_000) for _ in range(6)]
     fit_k = 3  # 5 + 3 * 10 + 5 = 40 characters: the whole context of a block_size-40 model
     return [
         Case(
@@ -529,7 +525,7 @@ def _few_shot(
 def run_accuracy(answer: Callable[..., Any], case: Case) -> Any:
     model = case.args[0]
     model.calls = 0
-    with _global_seed():
+    with global_seed():
         try:
             out = answer(*case.args, **case.kwargs)
         except ValueError:
@@ -602,9 +598,7 @@ def loss_cases(g: torch.Generator) -> list[Case]:
         model = _tiny_gpt(g, block_size=64, dropout=dropout)
         model.train(training)
         label = f"{n_demos} demonstrations, dropout {dropout}, model in {'training' if training else 'eval'} mode"
-        cases.append(
-            Case(label, (model, words), {"n_demos": n_demos, "batch_size": batch, "seed": _randint(g, 0, 999)})
-        )
+        cases.append(Case(label, (model, words), {"n_demos": n_demos, "batch_size": batch, "seed": randint(g, 0, 999)}))
     model = _tiny_gpt(g, block_size=96, dropout=0.1)
     cases.append(Case("the defaults (9 demonstrations, 256 rows)", (model, words)))
     return cases
@@ -612,7 +606,7 @@ def loss_cases(g: torch.Generator) -> list[Case]:
 
 def run_loss(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     model = case.args[0]
-    with _global_seed():
+    with global_seed():
         out = answer(*case.args, **case.kwargs)
     if isinstance(out, torch.Tensor):
         out = out.tolist()
@@ -718,11 +712,11 @@ def induction_cases(g: torch.Generator) -> list[Case]:
         Case("period T: no position repeats (a ValueError)", (random_attn(2, 2, 5), 5)),
     ]
     for i in range(2):
-        T = _randint(g, 6, 20)
+        T = randint(g, 6, 20)
         cases.append(
             Case(
                 f"random attention {i + 1}",
-                (random_attn(_randint(g, 2, 4), _randint(g, 1, 4), T), _randint(g, 2, T - 2)),
+                (random_attn(randint(g, 2, 4), randint(g, 1, 4), T), randint(g, 2, T - 2)),
             )
         )
     return cases

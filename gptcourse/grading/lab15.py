@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,7 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptcourse import rlhf as ref
-from gptcourse.grading.spec import AnswerError, Case, Misconception, Optimizer, Spec, close, exact, randomize_, seeded
+from gptcourse.grading.spec import (
+    AnswerError,
+    Case,
+    Misconception,
+    Optimizer,
+    Spec,
+    close,
+    compare_with_gradients,
+    exact,
+    global_seed,
+    number,
+    randint,
+    randomize_,
+    seeded,
+    update_misconceptions,
+)
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.train import configure_optimizer
 
@@ -29,26 +44,21 @@ _close = close(atol=1e-5, rtol=1e-4)
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in ``[low, high]``."""
-    return int(torch.randint(low, high + 1, (), generator=g))
-
-
 def _word(g: torch.Generator, low: int = 3, high: int = 5) -> str:
-    return "".join(_LETTERS[_randint(g, 0, 25)] for _ in range(_randint(g, low, high)))
+    return "".join(_LETTERS[randint(g, 0, 25)] for _ in range(randint(g, low, high)))
 
 
 def _prompt(g: torch.Generator) -> str:
     names = list(ref.INSTRUCTIONS)
-    return f"{names[_randint(g, 0, len(names) - 1)]} {_word(g)}{ref.SEP}"
+    return f"{names[randint(g, 0, len(names) - 1)]} {_word(g)}{ref.SEP}"
 
 
 def _comparison(g: torch.Generator) -> ref.Comparison:
     """The right answer against a sloppy one (filler words) or a wrong word: lengths differ."""
     prompt = _prompt(g)
     right = ref.correct_response(prompt)
-    wrong = f"{right} {ref.FILLERS[_randint(g, 0, 3)]}" if _randint(g, 0, 1) else _word(g, 1, 8)
-    chosen, rejected = (right, wrong) if _randint(g, 0, 3) else (wrong, right)  # labellers are not always right
+    wrong = f"{right} {ref.FILLERS[randint(g, 0, 3)]}" if randint(g, 0, 1) else _word(g, 1, 8)
+    chosen, rejected = (right, wrong) if randint(g, 0, 3) else (wrong, right)  # labellers are not always right
     return ref.Comparison(prompt, chosen + ref.EOS, rejected + ref.EOS)
 
 
@@ -66,23 +76,6 @@ def _gpt(g: torch.Generator, dropout: float = 0.0, n_layer: int = 1) -> GPT:
     with seeded(g):
         model = GPT(config)
     return randomize_(model, g, scale=0.3)
-
-
-@contextlib.contextmanager
-def _global_seed(seed: int = 1234) -> Iterator[None]:
-    """Run the answer with torch's global generator seeded (and restored afterwards), so that dropout
-    draws the same masks in every process and a misconception that uses it can be recognised."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value.detach())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise AnswerError(f"{name} returned a {type(value).__name__}, expected one number")
 
 
 def _tensors(result: Any, n: int, name: str) -> tuple[torch.Tensor, ...]:
@@ -108,19 +101,6 @@ def _gradients(value: torch.Tensor, model: nn.Module) -> dict[str, Any]:
     }
 
 
-def compare_with_gradients(got: Any, expected: Any, case: Case) -> str | None:
-    """The values; a gradient that is missing (the result was cut off from the graph) is named as such."""
-    if isinstance(got, dict) and isinstance(expected, dict):
-        for key, value in expected.items():
-            if key.startswith("gradient") and value is not None and key in got and got[key] is None:
-                rest = [k for k in expected if not k.startswith("gradient")]
-                return _close({k: got.get(k) for k in rest}, {k: expected[k] for k in rest}, case) or (
-                    f"has no {key}: the result must stay differentiable (no .detach(), .item() or torch.tensor "
-                    "around it)"
-                )
-    return _close(got, expected, case)
-
-
 # --- Step 1: the padded batch ------------------------------------------------------------------------------
 
 
@@ -134,7 +114,7 @@ def encode_cases(g: torch.Generator) -> list[Case]:
         ),
     ]
     for i in range(3):
-        pairs = [(c.prompt, c.chosen) for c in _comparisons(g, _randint(g, 2, 6))]
+        pairs = [(c.prompt, c.chosen) for c in _comparisons(g, randint(g, 2, 6))]
         fixed.append(Case(f"random batch {i + 1}", (pairs, TOK)))
     return fixed
 
@@ -223,7 +203,7 @@ def logp_cases(g: torch.Generator) -> list[Case]:
     return [
         case("a batch of 4 responses of different lengths", _comparisons(g, 2)),
         case("one comparison, two layers", _comparisons(g, 1), n_layer=2),
-        case("random batch", _comparisons(g, _randint(g, 2, 4))),
+        case("random batch", _comparisons(g, randint(g, 2, 4))),
     ]
 
 
@@ -258,7 +238,7 @@ RESPONSE_LOGPROBS = Spec(
     reference=ref.response_logprobs,
     cases=logp_cases,
     run=run_logp,
-    compare=compare_with_gradients,
+    compare=compare_with_gradients(),
     forbidden=("gptcourse.rlhf.response_logprobs", "gptcourse.rlhf.comparison_logprobs"),
     hint=f"({CH}, step 2) log_softmax of the model's logits over the vocabulary, then at each position the entry of "
     "its target token (gather along the last dimension), times 0 where the target is -1; keep it differentiable",
@@ -307,7 +287,7 @@ def comparison_cases(g: torch.Generator) -> list[Case]:
     return [
         Case("2 comparisons", (_gpt(g), _comparisons(g, 2))),
         Case("one comparison, two layers", (_gpt(g, n_layer=2), _comparisons(g, 1))),
-        Case("random batch", (_gpt(g), _comparisons(g, _randint(g, 3, 6)))),
+        Case("random batch", (_gpt(g), _comparisons(g, randint(g, 3, 6)))),
     ]
 
 
@@ -352,7 +332,7 @@ COMPARISON_LOGPROBS = Spec(
     reference=ref.comparison_logprobs,
     cases=comparison_cases,
     run=run_comparison,
-    compare=compare_with_gradients,
+    compare=compare_with_gradients(),
     forbidden=("gptcourse.rlhf.comparison_logprobs", "gptcourse.rlhf.response_logprobs", "gptcourse.rlhf.encode_pairs"),
     hint=f"({CH}, step 3) one batch of every (prompt, chosen) pair followed by every (prompt, rejected) pair, your "
     "encode_pairs with rlhf.tokenizer(), your response_logprobs, summed over positions; rows [:B] are the chosen "
@@ -399,7 +379,7 @@ def reward_cases(g: torch.Generator) -> list[Case]:
         Case("one pair", (torch.tensor([0.3]), torch.tensor([1.1]))),
         Case("a margin of -200 (and +200)", (torch.tensor([-100.0, 100.0, 0.5]), torch.tensor([100.0, -100.0, 0.2]))),
     ]
-    B = _randint(g, 2, 9)
+    B = randint(g, 2, 9)
     return cases + [Case("random rewards", (torch.randn(B, generator=g) * 3, torch.randn(B, generator=g) * 3))]
 
 
@@ -475,7 +455,7 @@ def margin_cases(g: torch.Generator) -> list[Case]:
         Case("beta 0.1 (the default), 4 pairs", tuple(_sums(g, 4))),
         Case("beta 0.5", tuple(_sums(g, 3)), {"beta": 0.5}),
         Case("at the reference (policy = reference): margin 0", (*at_reference, *at_reference), {"beta": 1.0}),
-        Case("random, beta 0.25", tuple(_sums(g, _randint(g, 2, 8))), {"beta": 0.25}),
+        Case("random, beta 0.25", tuple(_sums(g, randint(g, 2, 8))), {"beta": 0.25}),
     ]
 
 
@@ -549,7 +529,7 @@ def dpo_loss_cases(g: torch.Generator) -> list[Case]:
         Case("beta 0.1 (the default), 4 pairs", tuple(_sums(g, 4))),
         Case("beta 0.5", tuple(_sums(g, 3)), {"beta": 0.5}),
         Case("far from the reference: margins of -300 and +300", _far(g), {"beta": 5.0}),
-        Case("random, beta 0.25", tuple(_sums(g, _randint(g, 2, 8))), {"beta": 0.25}),
+        Case("random, beta 0.25", tuple(_sums(g, randint(g, 2, 8))), {"beta": 0.25}),
     ]
 
 
@@ -624,14 +604,14 @@ def step_cases(g: torch.Generator) -> list[Case]:
     def case(label: str, optimizer: Optimizer, beta: float, clip: float, dropout: float = 0.2) -> Case:
         reference = _gpt(g, dropout=dropout)
         policy = randomize_(copy.deepcopy(reference), g, scale=0.1)
-        batches = [_comparisons(g, _randint(g, 2, 4)) for _ in range(STEPS)]
+        batches = [_comparisons(g, randint(g, 2, 4)) for _ in range(STEPS)]
         return Case(f"{label} ({STEPS} steps)", (policy, reference.train(), batches, optimizer, beta, clip))
 
     return [
         case("SGD, beta 0.5, clipped to 0.05", Optimizer("SGD", 0.5), 0.5, 0.05),
         case("SGD, beta 0.1, grad_clip 0 (no clipping)", Optimizer("SGD", 0.5), 0.1, 0.0),
         case("AdamW, beta 0.1, clipped to 1", Optimizer("AdamW", 1e-2), 0.1, 1.0),
-        case("random", Optimizer("SGD", 0.3), (0.1, 0.3, 1.0)[_randint(g, 0, 2)], 0.1),
+        case("random", Optimizer("SGD", 0.3), (0.1, 0.3, 1.0)[randint(g, 0, 2)], 0.1),
     ]
 
 
@@ -640,7 +620,7 @@ def run_step(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     opt = optimizer.build(policy)
     before = {n: p.detach().clone() for n, p in reference.named_parameters()}
     losses, margins = [], []
-    with _global_seed():
+    with global_seed():
         for batch in batches:
             result = answer(policy, reference, batch, opt, beta, clip)
             if not isinstance(result, (tuple, list)) or len(result) != 2:
@@ -648,7 +628,7 @@ def run_step(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
             loss, margin = result
             if not isinstance(margin, torch.Tensor):
                 raise AnswerError(f"dpo_step returned margins as a {type(margin).__name__}; return the (B,) tensor")
-            losses.append(_number(loss, "dpo_step"))
+            losses.append(number(loss, "dpo_step"))
             margins.append(margin)
     return {
         "losses": losses,
@@ -714,22 +694,7 @@ DPO_STEP = Spec(
             "compute the reference's sums under torch.no_grad(): it is not trained, so backward must not reach "
             "(or fill .grad of) its parameters",
         ),
-        Misconception(
-            "gradients not zeroed",
-            _step(zero=False),
-            "backward adds to .grad: zero the gradients in every step, or the previous batch's gradients are "
-            "added to this one's",
-        ),
-        Misconception(
-            "no clipping",
-            _step(clip=False),
-            "with grad_clip > 0, clip the policy's global gradient norm to grad_clip before the optimiser steps",
-        ),
-        Misconception(
-            "clipped with grad_clip = 0",
-            _step(clip_at_zero=True),
-            "grad_clip = 0 means no clipping: clipping to a norm of 0 would wipe out the gradients",
-        ),
+        *update_misconceptions(_step),
     ),
 )
 
@@ -744,20 +709,20 @@ def dpo_cases(g: torch.Generator) -> list[Case]:
     def case(label: str, dropout: float = 0.0, training: bool = True, n: int = 8, **kwargs: Any) -> Case:
         reference = _gpt(g, dropout=dropout)
         policy = copy.deepcopy(reference).train(training)
-        base = dict(batch_size=4, lr=1e-2, beta=0.5, seed=_randint(g, 0, 1000), progress=False)
+        base = dict(batch_size=4, lr=1e-2, beta=0.5, seed=randint(g, 0, 1000), progress=False)
         return Case(label, (policy, reference.train(), _comparisons(g, n), 3), base | kwargs)
 
     return [
         case("3 steps from a copy of the reference (first margins 0)"),
         case("a policy given in eval mode, with dropout 0.2", dropout=0.2, training=False),
         case("batch_size larger than the comparisons", n=3, batch_size=8, beta=0.1),
-        case("random", batch_size=_randint(g, 2, 6), beta=(0.1, 0.5)[_randint(g, 0, 1)]),
+        case("random", batch_size=randint(g, 2, 6), beta=(0.1, 0.5)[randint(g, 0, 1)]),
     ]
 
 
 def run_dpo(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
     policy = case.args[0]
-    with _global_seed():
+    with global_seed():
         history = answer(*case.args, **case.kwargs)
     fields = ("loss", "margin", "accuracy")
     missing = [name for name in fields if not isinstance(getattr(history, name, None), list)]
@@ -766,7 +731,7 @@ def run_dpo(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
             f"dpo returned a {type(history).__name__} without the list {missing[0]!r}; return a "
             "gptcourse.rlhf.DPOHistory with its lists filled in"
         )
-    out: dict[str, Any] = {name: [_number(v, f"history.{name}") for v in getattr(history, name)] for name in fields}
+    out: dict[str, Any] = {name: [number(v, f"history.{name}") for v in getattr(history, name)] for name in fields}
     out["policy's weights"] = {n: p.detach().clone() for n, p in policy.named_parameters()}
     return out
 

@@ -153,6 +153,77 @@ def _difference(got: Any, expected: Any, where: str, atol: float, rtol: float) -
 # --- helpers for drivers -------------------------------------------------------------------------------
 
 
+def randint(g: torch.Generator, low: int, high: int) -> int:
+    """An int in ``[low, high]``, both included, drawn from the case generator ``g``."""
+    return int(torch.randint(low, high + 1, (), generator=g))
+
+
+@contextlib.contextmanager
+def global_seed(seed: int = 1234) -> Iterator[None]:
+    """Run an answer with torch's global generator seeded (and restored afterwards): an answer that
+    draws from it (dropout left on, batches drawn without their own generator, sampling by mistake)
+    then gives the same numbers in every process, so that its misconception can be recognised."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def number(value: Any, name: str) -> Any:
+    """A returned number as a float; a one-element tensor counts as a number. ``None`` and other
+    tensors pass through for the comparison to name; anything else cannot be graded."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    raise AnswerError(f"{name} returned a {type(value).__name__}; return a number (a float)")
+
+
+def compare_with_gradients(atol: float = 1e-5, rtol: float = 1e-4) -> Compare:
+    """:func:`close`, except that a dict of outputs whose ``gradient...`` entry is ``None`` where
+    the reference has one (the answer cut its result off from the graph) is named as such."""
+    values_close = close(atol, rtol)
+
+    def compare(got: Any, expected: Any, case: Case) -> str | None:
+        if isinstance(got, dict) and isinstance(expected, dict):
+            for key, value in expected.items():
+                if key.startswith("gradient") and value is not None and key in got and got[key] is None:
+                    rest = [k for k in expected if not k.startswith("gradient")]
+                    return values_close({k: got.get(k) for k in rest}, {k: expected[k] for k in rest}, case) or (
+                        f"has no {key}: the result must stay differentiable (no .detach(), .item() or "
+                        "torch.tensor around it)"
+                    )
+        return values_close(got, expected, case)
+
+    return compare
+
+
+def update_misconceptions(variant: Callable[..., Callable[..., Any]]) -> tuple[Misconception, ...]:
+    """The wrong updates any training step can make, for a step whose reference-like ``variant``
+    takes ``zero=False`` (gradients never zeroed), ``clip=False`` (never clipped) and
+    ``clip_at_zero=True`` (clipped with ``grad_clip = 0``, which means no clipping)."""
+    return (
+        Misconception(
+            "gradients not zeroed",
+            variant(zero=False),
+            "backward adds to .grad: zero the gradients in every step, or the previous step's gradients are "
+            "added to this one's",
+        ),
+        Misconception(
+            "no clipping",
+            variant(clip=False),
+            "with grad_clip > 0, clip the global gradient norm to grad_clip before the optimiser steps, as every "
+            "loop of the course does",
+        ),
+        Misconception(
+            "clipped with grad_clip = 0",
+            variant(clip_at_zero=True),
+            "grad_clip = 0 means no clipping: clipping to a norm of 0 would wipe out the gradients",
+        ),
+    )
+
+
 def load_reference_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Load the reference's parameters into the learner's ``module``: every parameter of the
     reference must exist with its name and shape, and the module may have no other parameters;
