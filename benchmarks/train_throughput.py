@@ -1,8 +1,10 @@
-"""Benchmark 1: training-step throughput of gptcourse's GPT vs Hugging Face's GPT2LMHeadModel.
+"""Benchmark 1: training-step throughput of gptcourse's GPT vs a plain nanoGPT-style GPT and Hugging Face's
+GPT2LMHeadModel.
 
-Same configuration, same batch, same optimiser (AdamW), same process; the two models take turns
-(round-robin) so that a noisy machine slows both alike. Prints ms per step, tokens/s and the ratio
-(gptcourse / transformers; > 1 means gptcourse is faster).
+Same configuration, same batch, same step (AdamW, gradient clipping), same process; the models take turns
+(round-robin) so that a noisy machine slows them alike. gptcourse runs the step its trainer runs
+(``gptcourse.train.train_step``); the plain GPT (``nanogpt_style.py``) is the yardstick without any of
+gptcourse's options. Prints ms per step, tokens/s and the ratios (> 1 means gptcourse is faster).
 
     python benchmarks/train_throughput.py                 # CPU, 2 threads
     python benchmarks/train_throughput.py --device cuda --n-layer 12 --n-embd 768 --block-size 1024 --batch-size 8
@@ -14,7 +16,10 @@ import argparse
 import statistics
 
 import torch
+from nanogpt_style import Config, PlainGPT
 from timing import round_robin
+
+from gptcourse.train import configure_optimizer, train_step
 
 
 def build(args):
@@ -73,18 +78,28 @@ def main() -> None:
     n_theirs = sum(p.numel() for p in theirs.parameters())
     x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
 
-    def training_step(model, optimizer, loss_of):
+    plain = PlainGPT(Config(args.vocab_size, args.block_size, args.n_layer, args.n_head, args.n_embd, bias=True)).to(
+        args.device
+    )
+    n_plain = sum(p.numel() for p in plain.parameters())
+
+    def plain_step(model, optimizer, loss_of):
+        """nanoGPT's step: zero the gradients, forward, backward, clip the global norm to 1, step."""
+
         def step():
-            loss = loss_of(model)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_of(model).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
         return step
 
+    ours_optimizer = configure_optimizer(ours, 1e-4, 0.1, device=args.device)
     steps = {
-        "gptcourse GPT": training_step(ours, torch.optim.AdamW(ours.parameters(), lr=1e-4), lambda m: m(x, x)[1]),
-        "transformers GPT2LMHeadModel": training_step(
+        # the step gptcourse's trainer runs (gptcourse.train.train_step), clipping included
+        "gptcourse GPT": lambda: train_step(ours, ours_optimizer, x, x, grad_clip=1.0),
+        "nanoGPT-style plain GPT": plain_step(plain, plain.optimizer(1e-4), lambda m: m(x, x)),
+        "transformers GPT2LMHeadModel": plain_step(
             theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4), lambda m: m(input_ids=x, labels=x).loss
         ),
     }
@@ -93,18 +108,19 @@ def main() -> None:
     print(
         f"config: {args.n_layer} layers, {args.n_head} heads, n_embd {args.n_embd}, block {args.block_size}, "
         f"batch {args.batch_size}, vocab {args.vocab_size} | device {args.device}, {args.threads} threads | "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__} | one AdamW step with gradient clipping to 1.0 each"
     )
     print(
-        f"parameters: gptcourse {n_ours:,} | transformers {n_theirs:,} "
-        "(transformers also counts its position table as gptcourse does; both tie the output layer)"
+        f"parameters: gptcourse {n_ours:,} | nanoGPT-style {n_plain:,} | transformers {n_theirs:,} "
+        "(all three count the position table and tie the output layer)"
     )
     print(f"{'model':<30} {'ms/step (median)':>17} {'tokens/s':>10}")
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, m in medians.items():
         print(f"{name:<30} {1000 * m:>17.1f} {tokens / m:>10.0f}")
-    ratio = medians["transformers GPT2LMHeadModel"] / medians["gptcourse GPT"]
-    print(f"throughput ratio gptcourse / transformers: {ratio:.2f} (goal >= 1.0)")
+    for other in ("nanoGPT-style plain GPT", "transformers GPT2LMHeadModel"):
+        ratio = medians[other] / medians["gptcourse GPT"]
+        print(f"throughput ratio gptcourse / {other}: {ratio:.2f} (goal >= 1.0)")
 
 
 if __name__ == "__main__":
