@@ -17,4 +17,4 @@ Conventions fixed here, where the references disagree (each one is tested):
 * the learning-rate warmup is linear from step 0.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -6,9 +6,12 @@ Every notebook that trains runs the same code at three sizes:
 * ``cpu``: minutes on a laptop;
 * ``gpu``: the full size, for a Colab T4 or a data-centre GPU.
 
-Unless ``GPTCOURSE_SIZE`` forces one, the size follows the hardware: CUDA -> ``gpu``, anything
-else (CPU, Apple MPS) -> ``cpu``. Notebooks call :func:`setup` once, which prints the device and
-the size so that a reader can tell which run produced the outputs they are looking at.
+The device is the best one available (CUDA, then Apple's MPS, then the CPU) unless
+``GPTCOURSE_DEVICE`` forces one (``cpu``, ``mps`` or ``cuda``; e.g. ``GPTCOURSE_DEVICE=cpu`` on a Mac
+whose MPS results differ from the CPU's). Unless ``GPTCOURSE_SIZE`` forces one, the size follows
+the device: CUDA -> ``gpu``, anything else (CPU, Apple MPS) -> ``cpu``. Notebooks call :func:`setup`
+once, which prints the device (and whether it was forced) and the size so that a reader can tell
+which run produced the outputs they are looking at.
 
 :data:`PEAK_FLOPS` holds the datasheet peaks of common GPUs, the denominator of the trainer's model
 FLOPs utilisation (MFU).
@@ -26,29 +29,62 @@ from gptcourse import __version__
 
 SIZES = ("smoke", "cpu", "gpu")
 SIZE_ENV = "GPTCOURSE_SIZE"
+DEVICES = ("cuda", "mps", "cpu")
+DEVICE_ENV = "GPTCOURSE_DEVICE"
 # set by `python -m gptcourse.outputs` to the commit it executes, so the device line names the code that ran
 COMMIT_ENV = "GPTCOURSE_COMMIT"
 
 T = TypeVar("T")
 
 
+def _available(device: str) -> bool:
+    if device == "cuda":
+        return torch.cuda.is_available()
+    if device == "mps":
+        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return device == "cpu"
+
+
+def forced_device() -> str | None:
+    """The device ``$GPTCOURSE_DEVICE`` forces, or ``None`` when it is unset.
+
+    Raises ``ValueError`` for a value that is not a device, and ``RuntimeError`` for a device this
+    machine does not have (asking for ``cuda`` without a CUDA GPU never falls back silently)."""
+    forced = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if not forced:
+        return None
+    if forced not in DEVICES:
+        raise ValueError(f"{DEVICE_ENV}={forced!r} is not a device; use one of {', '.join(DEVICES)}")
+    if not _available(forced):
+        what = {"cuda": "no CUDA GPU is available", "mps": "Apple's MPS is not available"}[forced]
+        raise RuntimeError(
+            f"{DEVICE_ENV}={forced} but {what} to this PyTorch ({torch.__version__}); "
+            f"unset {DEVICE_ENV} to use the best device there is, or set it to cpu"
+        )
+    return forced
+
+
 def get_device() -> str:
-    """The best available device: ``"cuda"``, then ``"mps"``, then ``"cpu"``."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
+    """``$GPTCOURSE_DEVICE`` when set (see :func:`forced_device`), else the best available device:
+    ``"cuda"``, then ``"mps"``, then ``"cpu"``."""
+    forced = forced_device()
+    if forced:
+        return forced
+    for device in DEVICES:
+        if _available(device):
+            return device
     return "cpu"
 
 
 def get_size() -> str:
-    """The run size: ``$GPTCOURSE_SIZE`` when set, else ``"gpu"`` on CUDA and ``"cpu"`` otherwise."""
+    """The run size: ``$GPTCOURSE_SIZE`` when set, else ``"gpu"`` on CUDA and ``"cpu"`` otherwise
+    (the device of :func:`get_device`, so ``GPTCOURSE_DEVICE=cpu`` on a GPU machine runs the cpu size)."""
     forced = os.environ.get(SIZE_ENV, "").strip().lower()
     if forced:
         if forced not in SIZES:
             raise ValueError(f"{SIZE_ENV}={forced!r} is not a size; use one of {', '.join(SIZES)}")
         return forced
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if get_device() == "cuda" else "cpu"
 
 
 def sized(smoke: T, cpu: T, gpu: T) -> T:
@@ -64,9 +100,16 @@ def seed_everything(seed: int) -> None:
 
 def describe() -> str:
     """One line naming the device, the size, the torch version and the course package's version
-    (with the commit, when ``$GPTCOURSE_COMMIT`` names one), e.g. for a notebook's output."""
+    (with the commit, when ``$GPTCOURSE_COMMIT`` names one), e.g. for a notebook's output.
+
+    The device says when ``$GPTCOURSE_DEVICE`` forced it, and on Apple's MPS how to use the CPU
+    instead (MPS results can differ from the CPU's: see the setup page)."""
     device = get_device()
     name = torch.cuda.get_device_name() if device == "cuda" else device
+    if forced_device():
+        name += f" (forced by {DEVICE_ENV})"
+    elif device == "mps":
+        name += f" (Apple GPU; {DEVICE_ENV}=cpu forces the CPU)"
     threads = torch.get_num_threads()
     commit = os.environ.get(COMMIT_ENV, "").strip()
     course = f"gptcourse {__version__}" + (f" @ {commit}" if commit else "")

@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 import yaml
+
+from gptcourse import __version__
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 GRADE_TAG = "grade"
@@ -63,10 +66,20 @@ def colab_url(relpath: str, root: Path = ROOT) -> str:
     return f"https://colab.research.google.com/github/{github}/blob/{branch}/{relpath}"
 
 
-def install_spec(root: Path = ROOT) -> str:
-    """The pip requirement that installs this package from the repository."""
-    url, branch = repository(root)
-    return f"gptcourse @ git+{url}@{branch}"
+def release_ref(version: str = __version__, root: Path = ROOT) -> str:
+    """The git ref whose package a notebook of this course ``version`` installs: the release tag
+    ``v{version}``, or the development branch (``main``) for a development version (``0.3.0.dev0``),
+    so that a semester pinned to a tag keeps its package while ``main`` moves on."""
+    if re.search(r"\.dev\d*$", version):  # PEP 440's development releases
+        return repository(root)[1]
+    return f"v{version}"
+
+
+def install_spec(root: Path = ROOT, ref: str | None = None) -> str:
+    """The pip requirement that installs this package from the repository at ``ref`` (default: the
+    course version's :func:`release_ref`)."""
+    url, _ = repository(root)
+    return f"gptcourse @ git+{url}@{release_ref(root=root) if ref is None else ref}"
 
 
 def header_cells(relpath: str, root: Path = ROOT) -> list[nbformat.NotebookNode]:
@@ -75,11 +88,14 @@ def header_cells(relpath: str, root: Path = ROOT) -> list[nbformat.NotebookNode]
         f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(relpath, root)})",
         metadata={"tags": [BADGE_TAG]},
     )
+    url, _ = repository(root)
     install = nbformat.v4.new_code_cell(
         "# In Colab, install the course package (Colab's own torch is kept); elsewhere see the setup page.\n"
+        f'REF = "{release_ref(root=root)}"  # the course release this notebook belongs to (authors may use "main")\n'
         "import subprocess, sys\n"
         'if "google.colab" in sys.modules:\n'
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{install_spec(root)}"], check=True)',
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", '
+        f'f"gptcourse @ git+{url}@{{REF}}"], check=True)',
         metadata={"tags": [INSTALL_TAG, BOOK_REMOVE_TAG]},
     )
     setup = nbformat.v4.new_code_cell(

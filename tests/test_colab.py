@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from gptcourse import hardware, labs
+from gptcourse import __version__, hardware, labs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
@@ -26,7 +26,8 @@ BADGE = re.compile(
     r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
     r"\((?P<url>https://colab\.research\.google\.com/github/(?P<repo>[^/]+/[^/]+)/blob/(?P<branch>[^/]+)/(?P<path>[^)]+))\)"
 )
-INSTALL = re.compile(r'"gptcourse @ git\+https://github\.com/(?P<repo>[^/@"]+/[^/@"]+)@(?P<branch>[^"]+)"')
+INSTALL = re.compile(r'f"gptcourse @ git\+https://github\.com/(?P<repo>[^/@"]+/[^/@"]+)@\{REF\}"')
+REF = re.compile(r'^REF = "(?P<ref>[^"]+)"', re.M)
 
 
 def _repository() -> tuple[str, str]:
@@ -88,7 +89,10 @@ def test_badge_install_cell_and_launch_button_agree(path):
     install_cell = installs[0]
     install = INSTALL.search(install_cell.source)
     assert install, f"{rel}: the install cell does not pip-install the course package from git"
-    assert (install["repo"], install["branch"]) == (repo, branch)
+    assert install["repo"] == repo
+    ref = REF.search(install_cell.source)
+    # a release installs its own tag, a development version the branch (an instructor pins a semester)
+    assert ref and ref["ref"] == labs.release_ref(), f"{rel}: the install cell must name the course release"
     assert 'if "google.colab" in sys.modules:' in install_cell.source, f"{rel}: install only when running in Colab"
     pip_lines = [line for line in install_cell.source.splitlines() if "pip" in line]
     assert not any(re.search(r"\btorch\b|--upgrade|\s-U\b|--force", line) for line in pip_lines), (
@@ -110,6 +114,7 @@ def test_the_package_keeps_colabs_torch():
 
 def test_setup_uses_the_gpu_when_there_is_one(monkeypatch):
     monkeypatch.delenv(hardware.SIZE_ENV, raising=False)
+    monkeypatch.delenv(hardware.DEVICE_ENV, raising=False)  # the hardware decides, not a forced device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert hardware.get_device() == "cuda" and hardware.get_size() == "gpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -129,3 +134,10 @@ def test_colab_install_cell_runs_pip_only_in_colab(monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     exec(install, {})
     assert len(calls) == 1 and calls[0][1:4] == ["-m", "pip", "install"] and calls[0][-1] == labs.install_spec()
+    assert calls[0][-1].endswith(f"@v{__version__}") or ".dev" in __version__
+
+
+def test_a_release_installs_its_tag_and_a_development_version_the_branch():
+    assert labs.release_ref("0.2.0") == "v0.2.0"
+    assert labs.release_ref("0.3.0.dev0") == labs.repository()[1] == "main"
+    assert labs.install_spec(ref="main").endswith("@main")

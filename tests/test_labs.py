@@ -77,7 +77,7 @@ def test_make_lab_clears_outputs_and_keeps_graded_cells():
     assert labs.graded_cells(lab)[0].source == "assert f() == 1"
     # the header: a Colab badge pointing at the lab's own path, the title, the install cell, the setup cell
     assert "labs/lab99_x.ipynb" in lab.cells[0].source and lab.cells[1].source == "# Lab"
-    assert labs.install_spec() in lab.cells[2].source and "setup()" in lab.cells[3].source
+    assert f'REF = "{labs.release_ref()}"' in lab.cells[2].source and "setup()" in lab.cells[3].source
 
 
 def test_a_new_install_cell_keeps_the_setup_cells_outputs():

@@ -1,6 +1,14 @@
 """Exercise specs for Lab 1 (a counting language model), against :mod:`gptcourse.ngram`:
 ``count_ngrams(tokens, n)``, ``smoothed_probs(next_counts, vocab, k)``, ``perplexity(tokens, n, prob)``
-and ``sample(next_probs, vocab, prompt, length, n, generator)``.
+and ``sample(next_probs, vocab, prompt, length, n, generator)``, saved in ``learner/ngram.py`` with the
+class built from them, ``NGramModel(n, k)`` (``fit``, ``probs``, ``prob``, ``log_prob``, ``perplexity``,
+``sample``).
+
+``NGramModel`` is fitted on the same tokens as the package's and asked the same questions: its
+vocabulary and counts, the distributions after contexts of every kind (seen, never seen, longer than
+``n - 1``), single probabilities, the log-probability and perplexity of held-out tokens, and samples
+drawn with a seed, which must be the package's token for token (the same seeded generator and the
+same probabilities draw the same tokens).
 
 Tokens are characters of a string or integer ids. Sampling is judged by properties, so that any
 correct sampler passes: the prompt is kept, each step asks the model about the right context, a
@@ -20,7 +28,7 @@ from typing import Any
 import torch
 
 from gptcourse import ngram
-from gptcourse.grading.spec import AnswerError, Case, Compare, Misconception, Spec, close
+from gptcourse.grading.spec import AnswerError, Case, Compare, Misconception, Spec, close, global_seed, number
 
 _ALPHABETS = ("abcd", "abcdefgh", "xy", "ab cd,e")
 
@@ -750,4 +758,300 @@ SAMPLING = Spec(
     ),
 )
 
-SPECS = (COUNTS, SMOOTHING, PERPLEXITY, SAMPLING)
+
+# --- Exercise 5: the NGramModel class -------------------------------------------------------------------------
+
+MODEL_PACKAGE = (  # the package's model and the functions it is built from: the learner's class uses their own
+    "gptcourse.ngram.NGramModel.fit",
+    "gptcourse.ngram.NGramModel.probs",
+    "gptcourse.ngram.NGramModel.prob",
+    "gptcourse.ngram.NGramModel.log_prob",
+    "gptcourse.ngram.NGramModel.perplexity",
+    "gptcourse.ngram.NGramModel.sample",
+    "gptcourse.ngram.count_ngrams",
+    "gptcourse.ngram.smoothed_probs",
+    "gptcourse.ngram.log_prob",
+    "gptcourse.ngram.perplexity",
+    "gptcourse.ngram.sample",
+)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Questions:
+    """What a model case asks a fitted model: ``probs`` of each context, ``prob`` of each
+    ``(context, token)``, ``log_prob`` and ``perplexity`` of ``heldout``, and one sample per
+    ``(length, seed, prompt)`` (prompt ``None``: left at the default)."""
+
+    contexts: tuple
+    pairs: tuple
+    heldout: Sequence[Hashable]
+    samples: tuple
+
+    def __repr__(self) -> str:
+        return "the questions"
+
+
+def _strings(tokens: Sequence[Hashable], vocab: Sequence[Hashable]) -> Sequence[Hashable]:
+    return "".join(tokens) if all(isinstance(w, str) for w in vocab) else list(tokens)
+
+
+def _questions(g: torch.Generator, tokens: Sequence[Hashable], vocab: Sequence[Hashable], n: int) -> Questions:
+    """Contexts seen in ``tokens``, a random one (often never seen), one longer than n - 1 tokens; pairs
+    of those contexts with random tokens; held-out random tokens; a sample with the default prompt and
+    one with a prompt of its own."""
+
+    def pick(size: int) -> list:
+        return [vocab[i] for i in torch.randint(len(vocab), (size,), generator=g).tolist()]
+
+    start = _randint(g, 0, len(tokens) - n)
+    seen = tuple(tokens[start : start + n - 1])
+    longer = tuple(pick(_randint(g, 1, 3))) + seen  # its last n - 1 tokens are the seen context
+    contexts = (seen, tuple(pick(n - 1)), longer)
+    pairs = tuple((c, w) for c in contexts for w in pick(2))
+    heldout = _strings(pick(_randint(g, n + 2, 25)), vocab)
+    seeds = torch.randint(2**31, (2,), generator=g).tolist()
+    prompt = _strings(pick(n - 1 + _randint(g, 0, 2)), vocab)
+    return Questions(
+        contexts, pairs, heldout, ((_randint(g, 5, 20), seeds[0], None), (_randint(g, 5, 20), seeds[1], prompt))
+    )
+
+
+def model_cases(g: torch.Generator) -> list[Case]:
+    """``(n, k, train, vocab, questions)``; ``k`` None: left at its default; ``questions`` None: a
+    constructor that must raise a ValueError."""
+
+    def case(label: str, n: int, k: float | None, train: Sequence[Hashable], vocab: list | None, q_vocab=None) -> Case:
+        q_vocab = q_vocab or vocab or sorted(set(train))
+        return Case(label, (n, k, train, vocab, _questions(g, train, q_vocab, n)))
+
+    letters = "abcd"
+    first = "cab" + "".join(letters[i] for i in torch.randint(4, (40,), generator=g).tolist())
+    ids = torch.randint(4, (50,), generator=g).tolist()
+    unigram = "".join("abcde"[i] for i in torch.randint(5, (30,), generator=g).tolist())
+    cases = [
+        case(
+            "a bigram model of a string, k = 0.5, the default vocabulary (the text starts 'cab')", 2, 0.5, first, None
+        ),
+        case("a trigram model of int ids 0-3, k = 0.1, vocab 0-5 (unseen tokens)", 3, 0.1, ids, list(range(6))),
+        case("n = 1: every context is (), even a longer one, k = 1", 1, 1.0, unigram, None),
+    ]
+    # k = 0: ('c',) never occurs, so it is uniform; 'a' always follows 'b' and 'b' always 'a'
+    zero = case(
+        "k = 0: an unseen context is uniform, an unseen bigram has probability 0", 2, 0.0, "abababab", list("abc")
+    )
+    q = zero.args[4]
+    zero = Case(
+        zero.label,
+        zero.args[:4]
+        + (dataclasses.replace(q, contexts=(("c",),) + q.contexts, pairs=((("a",), "a"),) + q.pairs, heldout="abba"),),
+    )
+    cases.append(zero)
+    cases.append(case("the default k (1.0), a 4-gram model", 4, None, _random_tokens(g, 40)[0], None))
+    cases.append(Case("NGramModel(0): a ValueError (n counts tokens, at least 1)", (0, 1.0, None, None, None)))
+    cases.append(Case("NGramModel(2, k=-1): a ValueError (k is a count, at least 0)", (2, -1.0, None, None, None)))
+    for i in range(2):
+        n = _randint(g, 1, 4)
+        train, vocab = _random_tokens(g, _randint(g, 20, 60))
+        cases.append(case(f"random tokens {i + 1}, n = {n}", n, (0.01, 0.1, 1.0)[_randint(g, 0, 2)], train, vocab))
+    return cases
+
+
+def _outcome(thunk: Callable[[], Any]) -> Any:
+    """What ``thunk()`` returns, or ``"raised NameOfError"`` (a NotImplementedError passes through)."""
+    try:
+        return thunk()
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        return f"raised {type(err).__name__}"
+
+
+def _probs(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().double()
+    raise AnswerError(f"probs returned {_kind(value)}, expected a (V,) tensor")
+
+
+def run_model(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
+    """Build and fit the answer as the case says, and return its answers to the case's questions."""
+    n, k, train, vocab, q = case.args
+    args = (n,) if k is None else (n, k)
+    if q is None:
+        return {"constructor": _outcome(lambda: (answer(*args), "built a model")[1])}
+    with global_seed(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ngram.ZeroProbabilityWarning)
+        model = answer(*args)
+        fitted = model.fit(train) if vocab is None else model.fit(train, vocab)
+        out: dict[str, Any] = {"fit returns the model": fitted is model}
+        out["vocab"] = _outcome(lambda: list(model.vocab))
+        out["counts"] = _outcome(lambda: run_counts(lambda *_: model.counts, case))
+        out["probs"] = [_outcome(lambda c=c: _probs(model.probs(c))) for c in q.contexts]
+        out["prob"] = [_outcome(lambda c=c, w=w: number(model.prob(c, w), "prob")) for c, w in q.pairs]
+        out["log_prob"] = _outcome(lambda: number(model.log_prob(q.heldout), "log_prob"))
+        out["perplexity"] = _outcome(lambda: number(model.perplexity(q.heldout), "perplexity"))
+        out["samples"] = [
+            _outcome(
+                lambda length=length, seed=seed, prompt=prompt: list(
+                    model.sample(length, seed=seed)
+                    if prompt is None
+                    else model.sample(length, seed=seed, prompt=prompt)
+                )
+            )
+            for length, seed, prompt in q.samples
+        ]
+    return out
+
+
+def _shown(tokens: Any) -> str:
+    if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+        text = "".join(tokens)
+        return repr(text if len(text) <= 30 else text[:27] + "...")
+    return repr(tokens) if len(repr(tokens)) <= 40 else repr(tokens)[:37] + "..."
+
+
+def _sample_call(length: int, seed: int, prompt: Any) -> str:
+    return f"sample({length}, seed={seed}" + ("" if prompt is None else f", prompt={prompt!r}") + ")"
+
+
+def compare_model(got: Any, expected: Any, case: Case) -> str | None:
+    """The first part that differs, named as the call that gave it."""
+    if not isinstance(got, dict) or set(got) != set(expected):
+        return close()(got, expected, case)
+    if "constructor" in expected:
+        if got["constructor"] != expected["constructor"]:
+            return f"{got['constructor']} for NGramModel{case.args[:2]!r}, expected a ValueError"
+        return None
+    _, _, _, _, q = case.args
+    if got["fit returns the model"] != expected["fit returns the model"]:
+        return "fit(...) returned something other than the model itself"
+    for part in ("vocab", "counts"):
+        if got[part] != expected[part]:
+            shown = repr(got[part]) if len(repr(got[part])) <= 80 else repr(got[part])[:77] + "..."
+            want = repr(expected[part]) if len(repr(expected[part])) <= 80 else repr(expected[part])[:77] + "..."
+            return f"has model.{part} = {shown}, expected {want}"
+    for context, mine, theirs in zip(q.contexts, got["probs"], expected["probs"]):
+        if isinstance(mine, str) or isinstance(theirs, str):
+            if not (isinstance(mine, str) and mine == theirs):
+                return f"probs({context!r}) {mine if isinstance(mine, str) else 'returned a tensor'}, expected " + (
+                    theirs if isinstance(theirs, str) else "a (V,) tensor of probabilities"
+                )
+            continue
+        wrong = close(atol=1e-6, rtol=1e-5)(mine, theirs, case)
+        if wrong:
+            return f"probs({context!r}) {wrong}"
+    calls = [(f"prob({c!r}, {w!r})", got["prob"][i], expected["prob"][i]) for i, (c, w) in enumerate(q.pairs)]
+    calls += [(f"{part}({q.heldout!r})", got[part], expected[part]) for part in ("log_prob", "perplexity")]
+    for call, mine, theirs in calls:
+        if isinstance(mine, float) and (mine == theirs or math.isclose(mine, theirs, rel_tol=1e-5, abs_tol=1e-6)):
+            continue
+        return f"{call} {mine if isinstance(mine, str) else f'returned {mine!r}'}, expected {theirs!r}"
+    for (length, seed, prompt), mine, theirs in zip(q.samples, got["samples"], expected["samples"]):
+        if mine != theirs:
+            return f"{_sample_call(length, seed, prompt)} gave {_shown(mine)}, expected {_shown(theirs)}"
+    return None
+
+
+def reference_model(n: int, k: float = 1.0) -> ngram.NGramModel:
+    return ngram.NGramModel(n, k)
+
+
+def _uniform_before_full(model: ngram.NGramModel, context: Sequence[Hashable]) -> torch.Tensor:
+    """What a learner's probs gives for a context shorter than n - 1: a context never counted."""
+    return torch.full((len(model.vocab),), 1.0 / len(model.vocab), dtype=torch.float64)
+
+
+def _model(mistake: str) -> type:
+    """An ``NGramModel`` with one known mistake (``mistake`` names it)."""
+
+    class NGramModel(ngram.NGramModel):
+        def __init__(self, n: int, k: float = 1.0):
+            if mistake == "n and k not checked":
+                self.n, self.k, self.counts, self.vocab = n, k, {}, []
+                return
+            super().__init__(n, k)
+
+        def fit(self, tokens: Sequence[Hashable], vocab: Sequence[Hashable] | None = None) -> Any:
+            if mistake == "vocabulary in order of appearance" and vocab is None:
+                vocab = list(dict.fromkeys(tokens))
+            super().fit(tokens, vocab)
+            return None if mistake == "fit returns nothing" else self
+
+        def _context(self, context: Sequence[Hashable]) -> tuple:
+            context = tuple(context)
+            if mistake == "whole context used":
+                return context
+            if mistake == "n = 1 context is the whole context":
+                return context[-(self.n - 1) :]
+            return super()._context(context)
+
+        def probs(self, context: Sequence[Hashable]) -> torch.Tensor:
+            if len(tuple(context)) < self.n - 1:
+                return _uniform_before_full(self, context)
+            return super().probs(context)
+
+        def prob(self, context: Sequence[Hashable], token: Hashable) -> float:
+            if mistake == "prob not smoothed":
+                following = self.counts.get(self._context(context), {})
+                total = sum(following.values())
+                return following.get(token, 0) / total if total else 1.0 / len(self.vocab)
+            return super().prob(context, token)
+
+        def log_prob(self, tokens: Sequence[Hashable]) -> float:
+            total = super().log_prob(tokens)
+            return total / (len(tokens) - self.n + 1) if mistake == "log_prob averaged" else total
+
+        def sample(self, length: int, seed: int | None = None, prompt: Sequence[Hashable] | None = None) -> list:
+            generator = None if seed is None or mistake == "seed ignored" else torch.Generator().manual_seed(seed)
+            if prompt is None:
+                prompt = [] if mistake == "default prompt empty" else self.start
+            out = list(prompt)
+            for _ in range(length):
+                context = tuple(out[len(out) - self.n + 1 :]) if self.n > 1 else ()
+                out.append(self.vocab[int(torch.multinomial(self.probs(context), 1, generator=generator))])
+            return out[len(prompt) :] if mistake == "prompt left out" else out
+
+    return NGramModel
+
+
+MODEL_HINTS = {
+    "n and k not checked": "(Chapter 1, Counting and Add-k smoothing) n is a number of tokens, at least 1, and k a "
+    "count added to every count, at least 0: the constructor refuses other values with a ValueError rather than "
+    "build a model that fails later",
+    "fit returns nothing": "fit returns the model itself, so that fitting and scoring chain in one expression as in "
+    "Chapter 1 (Perplexity: measuring a model on held-out text)",
+    "vocabulary in order of appearance": "(Chapter 1, The data: Tiny Shakespeare) without a vocab, the vocabulary is "
+    "the distinct training tokens in sorted order, so that two models of the same text list their probabilities "
+    "in the same order",
+    "n = 1 context is the whole context": "(Chapter 1, Counting) a unigram model has no context at all: the last "
+    "n - 1 = 0 tokens of any context are the empty tuple; a slice from -(n - 1) = -0 starts at the beginning "
+    "and keeps everything",
+    "whole context used": "(Chapter 1, Counting) an n-gram model reads only the last n - 1 tokens of the context it is "
+    "given: a longer context is cut to those, it is not a context never seen",
+    "prob not smoothed": "(Chapter 1, Add-k smoothing) prob(context, token) is one entry of probs(context): the same "
+    "add-k formula, so that perplexity scores the distribution that sampling draws from",
+    "log_prob averaged": "(Chapter 1, A language model scores text) the log-probability of a text is the sum of the "
+    "log-probabilities of its predictions (the log of their product); perplexity is the one that takes the mean",
+    "default prompt empty": "(Chapter 1, Sampling: writing one character at a time) without a prompt, sampling starts "
+    "from the first n - 1 training tokens: the first draw already needs a full context of n - 1 tokens",
+    "prompt left out": "(Chapter 1, Sampling: writing one character at a time) sample returns the prompt followed by "
+    "the length new tokens, as your sample function does",
+    "seed ignored": "(Chapter 1, Sampling: writing one character at a time) the same seed must give the same text: "
+    "draw with a random-number generator of the sample's own, seeded with seed, not with torch's global one",
+}
+
+MODEL = Spec(
+    id="lab01.model",
+    points=4,
+    name="NGramModel",
+    reference=reference_model,
+    cases=model_cases,
+    run=run_model,
+    compare=compare_model,
+    forbidden=MODEL_PACKAGE,
+    hint="(Chapter 1, Counting to Sampling) fit counts the training tokens with your count_ngrams and keeps the "
+    "vocabulary; every question about a context reads its last n - 1 tokens; probs is your smoothed_probs, "
+    "prob one of its entries, perplexity your perplexity, sample your sample with a generator seeded by seed",
+    misconceptions=tuple(Misconception(name, _model(name), hint) for name, hint in MODEL_HINTS.items()),
+)
+
+SPECS = (COUNTS, SMOOTHING, PERPLEXITY, SAMPLING, MODEL)
