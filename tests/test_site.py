@@ -9,7 +9,8 @@ same offline and online. Then it opens the index and every page of ``_toc.yml`` 
 * no missing resource (any 404 the server saw: scripts, styles, images, fonts) and no broken image;
 * no broken internal link, including ``#fragments`` that name no element of their page;
 * every notebook page has the Colab launch button, pointing where the notebook's badge points;
-* the Colab install cell is on no page, and every chapter page opens with prose.
+* the Colab install cell is on no page, and every chapter page opens with prose;
+* on a phone's viewport (390 px) no chapter page scrolls sideways and every paragraph fits the screen.
 
 Screenshots of every page go to ``test-artifacts/site/`` (kept by CI as artifacts). Chromium and
 chromedriver come from the OS (``apt-get install chromium chromium-driver``, as ``.ci/run`` does);
@@ -264,3 +265,32 @@ def test_every_widget_has_a_static_figure_beside_it(page):
         if any(map(is_widget, cell.outputs)):
             near = cells[max(i - 1, 0) : i + 2]
             assert any(map(has_image, near)), f"{page}: the widget in code cell {i} has no figure beside it"
+
+
+MOBILE = (390, 844)  # a phone's viewport in CSS pixels (iPhone 12-15)
+CHAPTERS = [p for p in PAGES if p.startswith("chapters/")]
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_a_phone_reads_the_prose_without_scrolling_sideways(page, site, browser):
+    """On a narrow viewport the page itself never scrolls sideways and every paragraph of prose fits
+    the screen (code cells and wide tables may scroll inside their own boxes)."""
+    base, _ = site
+    size = browser.get_window_size()
+    browser.set_window_size(*MOBILE)
+    try:
+        browser.get(base + page + ".html")
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
+        width, page_width, wide = browser.execute_script(
+            "const w = document.documentElement.clientWidth;"
+            "const wide = Array.from(document.querySelectorAll('article.bd-article p'))"
+            ".filter(p => p.offsetParent !== null && !p.closest('.cell_output, .highlight, table, mjx-container'))"
+            ".filter(p => p.getBoundingClientRect().right > w + 1).map(p => p.textContent.slice(0, 60));"
+            "return [w, document.documentElement.scrollWidth, wide]"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / ("mobile__" + page.replace("/", "__") + ".png")))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+    assert page_width <= width + 1, f"{page}: the page is {page_width} px wide on a {width} px screen"
+    assert not wide, f"{page}: paragraphs wider than the screen: {wide[:3]}"
