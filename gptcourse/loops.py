@@ -5,15 +5,20 @@
 * :func:`optimizer_step` is how every training loop ends a step, once ``backward`` has filled the
   gradients: unscale them (fp16), clip their global norm, step.
 
-This module imports only torch, so that any module of the package can use it.
+This module imports only torch (and, for type hints, :mod:`gptcourse.muon`, which imports only
+torch), so that any module of the package can use it.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from gptcourse.muon import MuonAdamW
 
 
 @contextlib.contextmanager
@@ -37,7 +42,7 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 def optimizer_step(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | MuonAdamW,
     grad_clip: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:

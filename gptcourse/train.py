@@ -45,8 +45,12 @@ from gptcourse.hardware import peak_flops
 from gptcourse.loops import evaluating, optimizer_step
 from gptcourse.model import config_of
 from gptcourse.moe import active_params
+from gptcourse.muon import MuonAdamW
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "muon")
+# what the loop steps: a torch optimiser, or Muon and AdamW driven as one
+OptimizerLike = torch.optim.Optimizer | MuonAdamW
 
 
 @dataclass
@@ -75,6 +79,8 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16 on CUDA if supported, else fp16 (+ scaler); fp32 elsewhere
     compile: bool = False  # torch.compile the model (minutes of compilation pay off on long GPU runs)
     stop_val_loss: float | None = None  # stop at the first evaluation whose val loss is <= this
+    optimizer: str = "adamw"  # "adamw", or "muon": Muon for the blocks' matrices, AdamW (lr) for the rest
+    lr_muon: float = 0.02  # optimizer == "muon": the peak rate of the Muon matrices (the schedule scales both)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "eval_interval", "eval_iters", "grad_accum_steps"):
@@ -91,6 +97,10 @@ class TrainConfig:
             raise ValueError("TrainConfig.weight_decay and TrainConfig.grad_clip must be >= 0")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.lr_muon > 0:
+            raise ValueError(f"TrainConfig.lr_muon must be > 0, got {self.lr_muon!r}")
 
 
 @dataclass
@@ -154,6 +164,17 @@ def configure_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: str = "cpu") -> OptimizerLike:
+    """The trainer's optimiser: AdamW with decay on the matrices (:func:`configure_optimizer`), or with
+    ``config.optimizer == "muon"`` Muon for the blocks' matrices at ``config.lr_muon`` and AdamW at
+    ``config.lr`` for embeddings, head, gains and biases (:class:`gptcourse.muon.MuonAdamW`, which
+    steps, zeroes and checkpoints as one optimiser)."""
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "muon":
+        return MuonAdamW(model, config.lr_muon, config.lr, config.weight_decay, betas=betas, device=device)
+    return configure_optimizer(model, config.lr, config.weight_decay, betas, device)
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate at ``step``: linear warmup from step 0 (``lr * (step + 1) / warmup_steps``),
     then cosine decay from ``lr`` down to ``min_lr`` at ``max_steps``."""
@@ -189,7 +210,7 @@ def estimate_loss(
 
 def train_step(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: OptimizerLike,
     x: torch.Tensor,
     y: torch.Tensor,
     accum_steps: int = 1,
@@ -282,7 +303,7 @@ def train(
     model.to(device)
     model.train()
     raw_model, model_config = model, config_of(model)
-    optimizer = configure_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2), device)
+    optimizer = build_optimizer(model, config, device)
     scaler = torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
     autocast = autocast_context(device, precision)
     batches = torch.Generator().manual_seed(config.seed)
@@ -329,8 +350,8 @@ def train(
 
     while step < end:
         lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optimizer.param_groups:  # a group with its own peak rate (Muon's) follows the same schedule
+            group["lr"] = lr if "base_lr" not in group else group["base_lr"] * lr / config.lr
         x, y = get_batch(train_data, block_size, per_process * world, "cpu", batches)
         x, y = x[rank * per_process : (rank + 1) * per_process], y[rank * per_process : (rank + 1) * per_process]
         if on_cuda:  # pinned memory lets the copy overlap with compute

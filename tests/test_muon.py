@@ -228,3 +228,35 @@ def test_the_trainers_step_drives_muon_adamw():
     for scaler in (None, torch.amp.GradScaler("cpu")):
         losses = [float(train_step(model, opt, x, y, 2, 1.0, None, scaler)) for _ in range(3)]
         assert losses[-1] < losses[0]
+
+
+def test_the_trainer_trains_with_muon_and_resumes_it_exactly(tmp_path):
+    """TrainConfig(optimizer="muon"): the schedule scales both rates, the loss falls, and a run stopped
+    half-way resumes from its checkpoint (both optimisers' states) to the same losses."""
+    from gptcourse.train import TrainConfig, train
+
+    data = torch.arange(600) % 17  # learnable: each token is the previous one plus 1
+    train_data, val_data = data[:540], data[540:]
+
+    def model(seed: int = 0) -> GPT:
+        torch.manual_seed(seed)
+        return GPT(GPTConfig(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16))
+
+    base = dict(max_steps=6, batch_size=4, lr=1e-2, lr_muon=0.05, warmup_steps=2, eval_interval=3, eval_iters=2)
+    config = TrainConfig(**base, optimizer="muon", progress=False, checkpoint_path=str(tmp_path / "a.pt"))
+    full = train(model(), train_data, val_data, config)
+    assert full.train_loss[-1] < full.train_loss[0]
+    assert full.lr[0] == pytest.approx(1e-2 / 2)  # the AdamW rate, warming up; Muon's is 5x it throughout
+    config = TrainConfig(**base, optimizer="muon", progress=False, checkpoint_path=str(tmp_path / "b.pt"))
+    train(model(), train_data, val_data, config, stop_after=3)
+    resumed = train(model(seed=99), train_data, val_data, config)
+    assert resumed.train_loss == full.train_loss
+
+
+def test_the_trainer_names_its_optimisers():
+    from gptcourse.train import TrainConfig
+
+    with pytest.raises(ValueError, match="TrainConfig.optimizer must be one of"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="TrainConfig.lr_muon"):
+        TrainConfig(optimizer="muon", lr_muon=0.0)
