@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptcourse.layers import NoRotary, RMSNorm, Rotary
 from gptcourse.loops import evaluating
 
 
@@ -119,9 +120,26 @@ class MultiHeadAttention(nn.Module):
     ``n_kv_head == n_head`` is multi-head attention (MHA), ``1`` is multi-query attention (MQA),
     anything in between that divides ``n_head`` is grouped-query attention (GQA). Queries, keys and
     values come from one fused projection ``c_attn`` (as in GPT-2, so its weights load directly).
+
+    Two options of the modern recipe (Part VII), chosen at construction and off by default:
+    ``rope_base`` (a float) rotates queries and keys by their positions (RoPE, :class:`Rotary`,
+    its angle table ``max_len`` positions long), continuing past a KV cache; ``qk_norm`` applies an
+    :class:`RMSNorm` over each head's queries and keys (gains of size ``hd``, shared by the heads)
+    before the rotation and the dot product. Neither adds to the default's parameters.
     """
 
-    def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        n_kv_head: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        *,
+        rope_base: float | None = None,
+        max_len: int = 1024,
+        qk_norm: bool = False,
+    ):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_embd % n_head or n_head % n_kv_head:
@@ -134,6 +152,15 @@ class MultiHeadAttention(nn.Module):
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        # registered after the projections (the order of the seeded init) and without random numbers
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.rotary = NoRotary() if rope_base is None else Rotary(self.head_dim, max_len, rope_base)
+
+    def position(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys at positions ``start ..`` as the dot product sees them: normalised
+        (``qk_norm``) then rotated (RoPE); unchanged by default."""
+        return self.rotary(self.q_norm(q), self.k_norm(k), start)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project ``x`` ``(B, T, C)`` to queries ``(B, nh, T, hd)``, keys and values ``(B, nkv, T, hd)``."""
@@ -150,6 +177,7 @@ class MultiHeadAttention(nn.Module):
         """The ``(B, nh, T, T)`` weights each head puts on each earlier position of ``x`` ``(B, T, C)``
         (causal unless ``mask`` is given); for looking at attention, not used by ``forward``."""
         q, k, _ = self.qkv(x)
+        q, k = self.position(q, k)
         k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         T = x.size(1)
         return attention_weights(q, k, causal_mask(T, device=x.device) if mask is None else mask)
@@ -165,6 +193,7 @@ class MultiHeadAttention(nn.Module):
         """
         B, T, C = x.shape
         q, k, v = self.qkv(x)
+        q, k = self.position(q, k, 0 if cache is None else len(cache))  # the new positions follow the cache
         if cache is not None:
             k, v = cache.update(k, v)  # (B, nkv, S, hd)
         S = k.size(2)

@@ -1,4 +1,4 @@
-"""The layers a block is made of, beneath attention and the model: the MLP and the position codes.
+"""The layers a block is made of, beneath attention and the model: the MLP, the position codes, the norms.
 
 Nothing here imports the rest of the package, so :mod:`gptcourse.moe` (experts are MLPs) and
 :mod:`gptcourse.model` both build on this module without importing each other.
@@ -8,7 +8,12 @@ the token embeddings. The model picks one at construction (``GPTConfig.pos``):
 
 * :class:`torch.nn.Embedding` — GPT's learned positions, one trained vector per position;
 * :class:`SinusoidalPositions` — the original Transformer's fixed codes (no parameters);
-* :class:`NoPositions` — nothing added: the model is blind to order except through the mask.
+* :class:`NoPositions` — nothing added: the model is blind to order except through the mask
+  (also the choice for ``pos="rope"``, where :class:`Rotary` rotates queries and keys inside attention).
+
+The modern recipe's pieces (Part VII) live here too: :class:`RMSNorm` and :func:`make_norm`
+(``GPTConfig.norm_type``), and rotary position embeddings (:func:`rope_angles`, :func:`apply_rope`,
+:class:`Rotary`, with :class:`NoRotary` for the other position schemes).
 """
 
 from __future__ import annotations
@@ -72,3 +77,93 @@ class NoPositions(nn.Module):
 
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
         return torch.zeros((), device=pos.device)
+
+
+# --- Part VII: the modern recipe's normalisation and rotary positions ------------------------------
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation (Zhang & Sennrich, 2019): ``x / sqrt(mean(x^2) + eps) * g``.
+
+    LayerNorm without the mean subtraction and without the bias: one gain ``weight`` per feature
+    (initialised to 1), over the last dimension ``dim``. Computed in float32, returned in ``x``'s dtype.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., dim) -> (..., dim)``."""
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).type_as(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    """The normalisation layer ``config.norm_type`` asks for, over ``dim`` features:
+    ``nn.LayerNorm`` (with a bias when ``config.bias``) for ``"layernorm"``, :class:`RMSNorm` for ``"rmsnorm"``."""
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(dim)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+def rope_angles(
+    T: int, head_dim: int, base: float = 10000.0, start: int = 0, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)``, each ``(T, head_dim // 2)``, of the rotary angles ``t * base^(-2i/head_dim)``
+    for positions ``t = start .. start + T - 1`` and frequency index ``i = 0 .. head_dim/2 - 1`` (float32)."""
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings need an even head_dim, got {head_dim}")
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    t = torch.arange(start, start + T, dtype=torch.float32, device=device)
+    angles = torch.outer(t, inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``(..., T, hd)`` by the angles of ``cos``/``sin`` ``(T, hd/2)`` (Su et al., 2021, RoFormer).
+
+    Feature ``i`` and feature ``i + hd/2`` form a pair (the "half-split" layout of GPT-NeoX and
+    Llama), rotated by angle ``t * theta_i`` at position ``t``. A rotation keeps each vector's norm,
+    and ``q_m . k_n`` after rotation depends on the positions only through ``m - n``.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings for attention: ``(q, k, start) -> (q, k)`` rotated for positions
+    ``start .. start + T - 1`` (``start`` is the length of the KV cache, so decoding continues).
+
+    The angles of the first ``max_len`` positions are a table kept as a buffer that is not saved
+    in the ``state_dict``; positions past it are computed on the fly.
+    """
+
+    def __init__(self, head_dim: int, max_len: int = 1024, base: float = 10000.0):
+        super().__init__()
+        self.head_dim, self.base = head_dim, base
+        cos, sin = rope_angles(max_len, head_dim, base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q`` ``(B, nh, T, hd)`` and ``k`` ``(B, nkv, T, hd)``, both at positions ``start .. start + T - 1``."""
+        T = q.size(-2)
+        if start + T <= self.cos.size(0):
+            cos, sin = self.cos[start : start + T], self.sin[start : start + T]
+        else:
+            cos, sin = rope_angles(T, self.head_dim, self.base, start, device=q.device)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+class NoRotary(nn.Module):
+    """No rotation: queries and keys pass through (positions, if any, were added to the input)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k

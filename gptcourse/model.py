@@ -6,6 +6,11 @@ LayerNorm and the scaled residual init (GPT-1 had neither), dense or sparse ``at
 feed-forward kind (``ffn``). Each switch picks a component once, at construction (a block class, a
 position module, ``nn.Identity`` for a missing final LayerNorm); ``forward`` does not branch on
 the configuration. Parameter names follow GPT-2 / nanoGPT so that real weights load.
+
+The modern recipe (Part VII) adds switches that are off by default, so GPT-2's configuration,
+parameters and seeded outputs are unchanged: rotary positions (``pos="rope"``, ``rope_base``),
+the normalisation layer (``norm_type``: ``"layernorm"`` or ``"rmsnorm"``; ``norm`` already names
+its placement) and an RMSNorm over each head's queries and keys (``qk_norm``).
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptcourse.attention import KVCache, LayerCache, MultiHeadAttention, sparse_mask
-from gptcourse.layers import MLP, NoPositions, SinusoidalPositions
+from gptcourse.layers import MLP, NoPositions, SinusoidalPositions, make_norm
 from gptcourse.moe import MoE
 
 NORMS = ("pre", "post")
-POSITIONS = ("learned", "sinusoidal", "none")
+POSITIONS = ("learned", "sinusoidal", "none", "rope")
+NORM_TYPES = ("layernorm", "rmsnorm")
 # "local", "strided" and "fixed": every layer uses that sparse pattern (gptcourse.attention.SPARSE_PATTERNS);
 # "alternating": GPT-3's dense and locally banded layers in turn (even layers dense, odd local).
 ATTENTIONS = ("dense", "local", "strided", "fixed", "alternating")
@@ -42,7 +48,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: True)
     norm: str = "pre"  # "pre" (GPT-2) or "post" (GPT-1, the original Transformer)
-    pos: str = "learned"  # "learned" (GPT), "sinusoidal" (original Transformer) or "none"
+    pos: str = "learned"  # "learned" (GPT), "sinusoidal" (original Transformer), "none" or "rope" (rotary)
     final_norm: bool = True  # a LayerNorm after the last block (added by GPT-2)
     scale_residual_init: bool = True  # residual projections init with std 0.02/sqrt(2*n_layer) (GPT-2)
     attention: str = "dense"
@@ -54,6 +60,10 @@ class GPTConfig:
     moe_aux_weight: float = 0.01  # ffn == "moe": alpha of the load-balancing loss (Switch Transformer)
     attn_window: int = 128  # keys a "local" layer sees (itself included); also "alternating"
     attn_stride: int = 32  # the stride of "strided" layers, the block of "fixed" ones (about sqrt(block_size))
+    # Part VII, the modern recipe (left out of to_dict() at their defaults: see MODERN_DEFAULTS)
+    rope_base: float = 10000.0  # pos == "rope": the base of the rotary frequencies (RoFormer)
+    norm_type: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama, nanochat): ln_1, ln_2, ln_f
+    qk_norm: bool = False  # an RMSNorm over each head's queries and keys before the dot product
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -67,7 +77,13 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.n_kv_head must divide n_head ({self.n_head}), got {self.n_kv_head!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        for name, allowed in (("norm", NORMS), ("pos", POSITIONS), ("attention", ATTENTIONS), ("ffn", FFNS)):
+        for name, allowed in (
+            ("norm", NORMS),
+            ("pos", POSITIONS),
+            ("attention", ATTENTIONS),
+            ("ffn", FFNS),
+            ("norm_type", NORM_TYPES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.ffn == "moe":
@@ -91,6 +107,20 @@ class GPTConfig:
                 raise ValueError(
                     f"GPTConfig.expert_hidden must be None or a positive integer, got {self.expert_hidden!r}"
                 )
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"GPTConfig.qk_norm must be True or False, got {self.qk_norm!r}")
+        if self.pos == "rope":
+            if (self.n_embd // self.n_head) % 2:
+                raise ValueError(
+                    f"GPTConfig.pos='rope' needs an even head size n_embd // n_head, got "
+                    f"{self.n_embd} // {self.n_head} = {self.n_embd // self.n_head}"
+                )
+            if (
+                not isinstance(self.rope_base, (int, float))
+                or isinstance(self.rope_base, bool)
+                or not self.rope_base > 1
+            ):
+                raise ValueError(f"GPTConfig.rope_base must be a number > 1, got {self.rope_base!r}")
         if self.attention != "dense":
             for name in ("attn_window", "attn_stride"):
                 value = getattr(self, name)
@@ -109,7 +139,18 @@ class GPTConfig:
         return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict (``GPTConfig(**d)`` rebuilds the config). The Part VII fields are
+        left out while they hold their defaults (:data:`MODERN_DEFAULTS`), so that the dict, and the
+        digests and checkpoints made from it, of every earlier configuration stay what they were."""
+        d = asdict(self)
+        for name, default in MODERN_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
+        return d
+
+
+MODERN_DEFAULTS = {"rope_base": 10000.0, "norm_type": "layernorm", "qk_norm": False}
+"""The fields added for the modern recipe (Part VII) and their defaults: ``to_dict`` omits them at these values."""
 
 
 def config_of(model: nn.Module) -> GPTConfig:
@@ -139,9 +180,18 @@ class Block(nn.Module):
                 f"{type(self).__name__} is the norm={self.norm!r} block, but GPTConfig.norm is "
                 f"{config.norm!r}; build blocks with make_block(config)"
             )
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, config.dropout, config.bias)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
+        self.attn = MultiHeadAttention(
+            config.n_embd,
+            config.n_head,
+            config.n_kv_head,
+            config.dropout,
+            config.bias,
+            rope_base=config.rope_base if config.pos == "rope" else None,
+            max_len=config.block_size,
+            qk_norm=config.qk_norm,
+        )
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MoE(config) if config.ffn == "moe" else MLP(config)
 
     def ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -178,7 +228,8 @@ def make_block(config: GPTConfig) -> Block:
 
 
 def positions(config: GPTConfig) -> nn.Module:
-    """The position module ``config.pos`` asks for: ``(T,)`` positions -> ``(T, C)`` vectors to add."""
+    """The position module ``config.pos`` asks for: ``(T,)`` positions -> ``(T, C)`` vectors to add
+    (nothing for ``"rope"``: the rotation happens to queries and keys inside attention)."""
     if config.pos == "learned":
         return nn.Embedding(config.block_size, config.n_embd)
     if config.pos == "sinusoidal":
@@ -214,7 +265,7 @@ class GPT(nn.Module):
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([make_block(config) for _ in range(config.n_layer)]),
                 wpe=positions(config),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.final_norm else nn.Identity(),
+                ln_f=make_norm(config, config.n_embd) if config.final_norm else nn.Identity(),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -379,18 +430,19 @@ class GPT(nn.Module):
 def count_params(config: GPTConfig) -> int:
     """The parameter count of ``GPT(config)`` from the formula, without building the model.
 
-    With ``C = n_embd`` and ``hd = C / n_head`` (a LayerNorm holds ``2C`` with bias, else ``C``):
-    token embedding ``V C`` (shared with the output layer: tied, counted once), learned positions
-    ``block_size C``, and per block: attention ``C (n_head + 2 n_kv_head) hd + C^2`` (+ biases),
-    MLP ``8 C^2`` (+ biases), two LayerNorms. For multi-head attention a block is ``12 C^2 + 13 C``.
+    With ``C = n_embd`` and ``hd = C / n_head`` (a LayerNorm holds ``2C`` with bias, else ``C``;
+    an RMSNorm ``C``): token embedding ``V C`` (shared with the output layer: tied, counted once),
+    learned positions ``block_size C`` (RoPE and the sinusoids have none), and per block: attention
+    ``C (n_head + 2 n_kv_head) hd + C^2`` (+ biases, + ``2 hd`` gains with ``qk_norm``), MLP
+    ``8 C^2`` (+ biases), two norms. For multi-head attention a block is ``12 C^2 + 13 C``.
     """
     if config.ffn != "mlp":
         raise ValueError(f"count_params has no formula for GPTConfig.ffn={config.ffn!r}")
     C, bias = config.n_embd, int(config.bias)
     hd = C // config.n_head
     qkv = (config.n_head + 2 * config.kv_heads) * hd  # width of the fused c_attn output
-    layer_norm = C * (1 + bias)
-    attn = C * qkv + bias * qkv + C * C + bias * C
+    layer_norm = C * (1 + bias) if config.norm_type == "layernorm" else C
+    attn = C * qkv + bias * qkv + C * C + bias * C + (2 * hd if config.qk_norm else 0)
     mlp = C * 4 * C + bias * 4 * C + 4 * C * C + bias * C
     block = attn + mlp + 2 * layer_norm
     embeddings = config.vocab_size * C + (config.block_size * C if config.pos == "learned" else 0)
