@@ -12,8 +12,10 @@ the token embeddings. The model picks one at construction (``GPTConfig.pos``):
   (also the choice for ``pos="rope"``, where :class:`Rotary` rotates queries and keys inside attention).
 
 The modern recipe's pieces (Part VII) live here too: :class:`RMSNorm` and :func:`make_norm`
-(``GPTConfig.norm_type``), and rotary position embeddings (:func:`rope_angles`, :func:`apply_rope`,
-:class:`Rotary`, with :class:`NoRotary` for the other position schemes).
+(``GPTConfig.norm_type``), rotary position embeddings (:func:`rope_angles`, :func:`apply_rope`,
+:class:`Rotary`, with :class:`NoRotary` for the other position schemes), the feed-forward variants
+:class:`SwiGLU` and :class:`ReLU2MLP` (``GPTConfig.mlp``, :func:`make_mlp`) and :class:`SoftCap`
+(``GPTConfig.logit_softcap``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,77 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., C) -> (..., C)``."""
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class ReLU2MLP(MLP):
+    """Primer's feed-forward (So et al., 2021): ``C -> 4C -> ReLU(x)^2 -> C``, the squared ReLU in
+    place of the GELU. The same layers, parameter names and count as :class:`MLP`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C) -> (..., C)``."""
+        return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))
+
+
+def swiglu_hidden(gelu_hidden: int, multiple: int = 8) -> int:
+    """The inner width of a :class:`SwiGLU` with the parameters of a GELU :class:`MLP` of inner
+    width ``gelu_hidden``: ``2/3 * gelu_hidden`` rounded to the nearest multiple of ``multiple``.
+
+    A GELU MLP holds ``2 C h`` weights, a SwiGLU ``3 C h'``, so ``h' = 2h/3`` equalises them; the
+    rounding moves ``h'`` by at most ``multiple / 2``, so the weights differ by at most
+    ``3 C multiple / 2`` (``12 C`` for 8; none when ``2h/3`` is already a multiple, e.g.
+    ``C = 768``: ``h' = 2048``). The result is at least one ``multiple`` (the one case where it is
+    not the nearest: ``2h/3 < multiple / 2``). With biases the SwiGLU has ``2h' + C`` against the
+    MLP's ``h + C``: about ``4C / 3`` more at ``h = 4C``.
+    """
+    return multiple * max(1, round(2 * gelu_hidden / (3 * multiple)))
+
+
+class SwiGLU(nn.Module):
+    """The gated feed-forward of Shazeer (2020), "GLU Variants Improve Transformer" (Llama's):
+    ``c_proj(SiLU(c_gate(x)) * c_fc(x))``, ``C -> h' -> C`` with ``h' = swiglu_hidden(hidden)``.
+
+    ``hidden`` is the inner width a GELU :class:`MLP` would have (``4C`` by default); the SwiGLU's
+    three matrices are narrowed to about ``2/3`` of it so that it holds (about) the same parameters
+    (:func:`swiglu_hidden`). ``c_fc`` and ``c_proj`` keep the MLP's names (the residual projection
+    ``c_proj`` gets GPT-2's scaled init); ``c_gate`` is the gate.
+    """
+
+    def __init__(self, config: GPTConfig, hidden: int | None = None):
+        super().__init__()
+        inner = swiglu_hidden(4 * config.n_embd if hidden is None else hidden)
+        self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
+        self.c_gate = nn.Linear(config.n_embd, inner, bias=config.bias)
+        self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C) -> (..., C)``."""
+        return self.dropout(self.c_proj(F.silu(self.c_gate(x)) * self.c_fc(x)))
+
+
+MLPS = {"gelu": MLP, "swiglu": SwiGLU, "relu2": ReLU2MLP}
+"""``GPTConfig.mlp`` -> the feed-forward class (each built as ``cls(config, hidden=None)``)."""
+
+
+def make_mlp(config: GPTConfig, hidden: int | None = None) -> nn.Module:
+    """The feed-forward ``config.mlp`` asks for (:data:`MLPS`); ``hidden`` is a GELU MLP's inner
+    width (``4C`` by default; a SwiGLU narrows it to about 2/3, :func:`swiglu_hidden`)."""
+    return MLPS[config.mlp](config, hidden)
+
+
+class SoftCap(nn.Module):
+    """Logit soft-capping (Gemma 2): ``cap * tanh(x / cap)``, smooth, close to ``x`` for
+    ``|x| << cap`` and never past ``cap`` in size. No parameters."""
+
+    def __init__(self, cap: float):
+        super().__init__()
+        self.cap = float(cap)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cap * torch.tanh(x / self.cap)
+
+    def extra_repr(self) -> str:
+        return f"cap={self.cap}"
 
 
 def sinusoidal_positions(T: int, C: int) -> torch.Tensor:

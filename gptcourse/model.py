@@ -10,7 +10,10 @@ the configuration. Parameter names follow GPT-2 / nanoGPT so that real weights l
 The modern recipe (Part VII) adds switches that are off by default, so GPT-2's configuration,
 parameters and seeded outputs are unchanged: rotary positions (``pos="rope"``, ``rope_base``),
 the normalisation layer (``norm_type``: ``"layernorm"`` or ``"rmsnorm"``; ``norm`` already names
-its placement) and an RMSNorm over each head's queries and keys (``qk_norm``).
+its placement), an RMSNorm over each head's queries and keys (``qk_norm``), the feed-forward's
+kind (``mlp``: ``"gelu"``, ``"swiglu"`` or ``"relu2"``), an output layer of its own
+(``tie_embeddings=False``), soft-capped logits (``logit_softcap``) and a per-layer pattern of
+sliding-window and global layers (``window_pattern``, whose KV cache :func:`kv_cache_bytes` sizes).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptcourse.attention import KVCache, LayerCache, MultiHeadAttention, sparse_mask
-from gptcourse.layers import MLP, NoPositions, SinusoidalPositions, make_norm
+from gptcourse.layers import MLP as MLP  # re-exported: tests import it from here
+from gptcourse.layers import MLPS, NoPositions, SinusoidalPositions, SoftCap, make_mlp, make_norm, swiglu_hidden
 from gptcourse.moe import MoE
 
 NORMS = ("pre", "post")
@@ -33,6 +37,7 @@ NORM_TYPES = ("layernorm", "rmsnorm")
 # "alternating": GPT-3's dense and locally banded layers in turn (even layers dense, odd local).
 ATTENTIONS = ("dense", "local", "strided", "fixed", "alternating")
 FFNS = ("mlp", "moe")
+MLP_KINDS = tuple(MLPS)  # GPTConfig.mlp: "gelu" (GPT-2), "swiglu" (Llama), "relu2" (Primer, nanochat)
 
 
 @dataclass
@@ -64,6 +69,10 @@ class GPTConfig:
     rope_base: float = 10000.0  # pos == "rope": the base of the rotary frequencies (RoFormer)
     norm_type: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama, nanochat): ln_1, ln_2, ln_f
     qk_norm: bool = False  # an RMSNorm over each head's queries and keys before the dot product
+    mlp: str = "gelu"  # the dense feed-forward: "gelu", "swiglu" (~equal params), "relu2" (MoE: "gelu" only)
+    tie_embeddings: bool = True  # False: lm_head has its own weight (init like GPT-2's matrices)
+    logit_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma 2); None = no cap
+    window_pattern: str | None = None  # e.g. "SSSL": per layer, S = local (attn_window), L = global; repeated
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -83,6 +92,7 @@ class GPTConfig:
             ("attention", ATTENTIONS),
             ("ffn", FFNS),
             ("norm_type", NORM_TYPES),
+            ("mlp", MLP_KINDS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -107,8 +117,29 @@ class GPTConfig:
                 raise ValueError(
                     f"GPTConfig.expert_hidden must be None or a positive integer, got {self.expert_hidden!r}"
                 )
-        if not isinstance(self.qk_norm, bool):
-            raise ValueError(f"GPTConfig.qk_norm must be True or False, got {self.qk_norm!r}")
+        if self.ffn == "moe" and self.mlp != "gelu":
+            raise ValueError(
+                f"GPTConfig.mlp={self.mlp!r} is for the dense feed-forward: ffn='moe' builds GELU experts "
+                f"(gptcourse.moe.MoE), so use mlp='gelu' with it"
+            )
+        for name in ("qk_norm", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        cap = self.logit_softcap
+        if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool) or not cap > 0):
+            raise ValueError(f"GPTConfig.logit_softcap must be None or a number > 0, got {cap!r}")
+        if self.window_pattern is not None:
+            wp = self.window_pattern
+            if not isinstance(wp, str) or not wp or set(wp) - {"S", "L"}:
+                raise ValueError(
+                    f"GPTConfig.window_pattern must be None or a non-empty string of 'S' (sliding window) "
+                    f"and 'L' (global) characters, e.g. 'SSSL', got {wp!r}"
+                )
+            if self.attention != "dense":
+                raise ValueError(
+                    f"GPTConfig.window_pattern chooses each layer's attention itself: it needs "
+                    f"attention='dense', got attention={self.attention!r}"
+                )
         if self.pos == "rope":
             if (self.n_embd // self.n_head) % 2:
                 raise ValueError(
@@ -121,14 +152,20 @@ class GPTConfig:
                 or not self.rope_base > 1
             ):
                 raise ValueError(f"GPTConfig.rope_base must be a number > 1, got {self.rope_base!r}")
-        if self.attention != "dense":
+        if self.attention != "dense" or self.window_pattern is not None:
             for name in ("attn_window", "attn_stride"):
                 value = getattr(self, name)
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                     raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
 
     def layer_attention(self, layer: int) -> str:
-        """The attention pattern of block ``layer``: ``"dense"``, ``"local"``, ``"strided"`` or ``"fixed"``."""
+        """The attention pattern of block ``layer``: ``"dense"``, ``"local"``, ``"strided"`` or ``"fixed"``.
+
+        With a ``window_pattern`` layer ``i`` reads character ``i % len(pattern)``: ``"S"`` is
+        ``"local"`` (a sliding window of ``attn_window`` keys), ``"L"`` is ``"dense"`` (global causal);
+        ``"LS"`` is GPT-3's ``attention="alternating"``."""
+        if self.window_pattern is not None:
+            return "local" if self.window_pattern[layer % len(self.window_pattern)] == "S" else "dense"
         if self.attention == "alternating":
             return "dense" if layer % 2 == 0 else "local"
         return self.attention
@@ -149,7 +186,15 @@ class GPTConfig:
         return d
 
 
-MODERN_DEFAULTS = {"rope_base": 10000.0, "norm_type": "layernorm", "qk_norm": False}
+MODERN_DEFAULTS = {
+    "rope_base": 10000.0,
+    "norm_type": "layernorm",
+    "qk_norm": False,
+    "mlp": "gelu",
+    "tie_embeddings": True,
+    "logit_softcap": None,
+    "window_pattern": None,
+}
 """The fields added for the modern recipe (Part VII) and their defaults: ``to_dict`` omits them at these values."""
 
 
@@ -192,7 +237,7 @@ class Block(nn.Module):
             qk_norm=config.qk_norm,
         )
         self.ln_2 = make_norm(config, config.n_embd)
-        self.mlp = MoE(config) if config.ffn == "moe" else MLP(config)
+        self.mlp = MoE(config) if config.ffn == "moe" else make_mlp(config)
 
     def ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The feed-forward sub-layer and its auxiliary loss (None for a plain MLP)."""
@@ -242,7 +287,7 @@ class Trunk(nn.ModuleDict):
     (``transformer.wte.weight``, ``transformer.h.0.attn.c_attn.weight``, ...) that GPT-2's weights and
     every chapter's equality check load. The annotations only tell a type checker what each key holds."""
 
-    wte: nn.Embedding  # token embedding, tied to the output layer
+    wte: nn.Embedding  # token embedding, tied to the output layer (unless tie_embeddings=False)
     drop: nn.Dropout
     h: nn.ModuleList  # the blocks
     wpe: nn.Module  # the positions module (``positions(config)``)
@@ -269,8 +314,12 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the output layer reads the token embedding matrix (We^T)
-        self.lm_head.weight = wte.weight
+        if config.tie_embeddings:
+            # weight tying: the output layer reads the token embedding matrix (We^T)
+            self.lm_head.weight = wte.weight
+        # an untied head keeps its own weight, drawn below like every Linear (N(0, 0.02), after the blocks)
+        # the logits' soft cap (Gemma 2), or none; no parameters, no random numbers
+        self.softcap = nn.Identity() if config.logit_softcap is None else SoftCap(config.logit_softcap)
         self.apply(self._init_weights)
         if config.scale_residual_init:
             # each block adds two residual branches; keep the stream's variance from growing with depth
@@ -288,7 +337,7 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
-        """The number of trainable parameters; the tied embedding/output matrix is counted once."""
+        """The number of trainable parameters; a tied embedding/output matrix is counted once."""
         return sum(p.numel() for p in self.parameters())
 
     def attention_masks(self, T: int, S: int, device: torch.device) -> list[torch.Tensor | None]:
@@ -401,7 +450,7 @@ class GPT(nn.Module):
             if aux is not None:
                 aux_losses.append(aux)
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x[:, -1:] if last_only else x)
+        logits = self.softcap(self.lm_head(x[:, -1:] if last_only else x))  # capped before loss and sampling
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -431,10 +480,12 @@ def count_params(config: GPTConfig) -> int:
     """The parameter count of ``GPT(config)`` from the formula, without building the model.
 
     With ``C = n_embd`` and ``hd = C / n_head`` (a LayerNorm holds ``2C`` with bias, else ``C``;
-    an RMSNorm ``C``): token embedding ``V C`` (shared with the output layer: tied, counted once),
+    an RMSNorm ``C``): token embedding ``V C`` (shared with the output layer: tied, counted once;
+    another ``V C`` for an untied head),
     learned positions ``block_size C`` (RoPE and the sinusoids have none), and per block: attention
     ``C (n_head + 2 n_kv_head) hd + C^2`` (+ biases, + ``2 hd`` gains with ``qk_norm``), MLP
-    ``8 C^2`` (+ biases), two norms. For multi-head attention a block is ``12 C^2 + 13 C``.
+    ``8 C^2`` (+ biases; ReLU² the same; SwiGLU ``3 C h'`` with ``h' = swiglu_hidden(4C)``, + ``2h' + C``
+    biases), two norms. For multi-head attention a block is ``12 C^2 + 13 C``.
     """
     if config.ffn != "mlp":
         raise ValueError(f"count_params has no formula for GPTConfig.ffn={config.ffn!r}")
@@ -443,10 +494,36 @@ def count_params(config: GPTConfig) -> int:
     qkv = (config.n_head + 2 * config.kv_heads) * hd  # width of the fused c_attn output
     layer_norm = C * (1 + bias) if config.norm_type == "layernorm" else C
     attn = C * qkv + bias * qkv + C * C + bias * C + (2 * hd if config.qk_norm else 0)
-    mlp = C * 4 * C + bias * 4 * C + 4 * C * C + bias * C
+    if config.mlp == "swiglu":
+        h = swiglu_hidden(4 * C)
+        mlp = 2 * (C * h + bias * h) + h * C + bias * C
+    else:  # "gelu" and "relu2": C -> 4C -> C
+        mlp = C * 4 * C + bias * 4 * C + 4 * C * C + bias * C
     block = attn + mlp + 2 * layer_norm
     embeddings = config.vocab_size * C + (config.block_size * C if config.pos == "learned" else 0)
+    if not config.tie_embeddings:
+        embeddings += config.vocab_size * C  # lm_head.weight of its own
     return embeddings + config.n_layer * block + (layer_norm if config.final_norm else 0)
+
+
+def kv_cache_bytes(config: GPTConfig, T: int, dtype_bytes: int = 2, batch_size: int = 1) -> int:
+    """The bytes of keys and values a cache holding ``T`` positions needs, per ``batch_size`` sequences.
+
+    Per layer ``2 (keys, values) * n_kv_head * hd * positions * dtype_bytes``: a global layer keeps
+    all ``T`` positions, a sliding-window (``"local"``) layer only its last ``attn_window`` (a query
+    never reads further back), so ``window_pattern="SSSL"`` needs about a quarter of the global
+    cache when ``T >> attn_window``. Strided and fixed layers keep all ``T`` (their patterns reach
+    back to the start). :class:`gptcourse.attention.KVCache` itself does not truncate (it stores
+    every position in every layer, :meth:`~gptcourse.attention.KVCache.nbytes`): this is what a
+    windowed (ring-buffer) cache would hold, the saving the pattern makes possible.
+    """
+    if not isinstance(T, int) or isinstance(T, bool) or T < 0:
+        raise ValueError(f"T must be a non-negative integer (cached positions), got {T!r}")
+    per_position = 2 * config.kv_heads * (config.n_embd // config.n_head) * dtype_bytes * batch_size
+    positions = sum(
+        min(T, config.attn_window) if config.layer_attention(layer) == "local" else T for layer in range(config.n_layer)
+    )
+    return per_position * positions
 
 
 # Published configurations. GPT-1 (Radford et al. 2018): post-LN, no final LayerNorm, plain init,
