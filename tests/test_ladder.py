@@ -1,0 +1,106 @@
+"""``experiments/ladder.py`` (Part VII's ladder) at the smoke size: two seeds, a few steps, and the
+lines its chapter loads (the table's rows, the JSON lines, the skipped rungs, the output file)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "ladder.py"
+
+
+def load_ladder():
+    spec = importlib.util.spec_from_file_location("ladder", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parsed(lines: list[str], prefix: str) -> list[dict]:
+    return [json.loads(line[len(prefix) :]) for line in lines if line.startswith(prefix)]
+
+
+def test_ladder_runs_at_the_smoke_size_and_prints_what_its_chapter_loads(tmp_path, shakespeare):
+    out = tmp_path / "ladder-smoke.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--size", "smoke", "--device", "cpu", "--seeds", "0", "1", "--steps", "6", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "device: cpu" in lines[0] and "size: smoke" in lines[0] and "run on: cpu" in lines[0]
+    assert out.read_text() == done.stdout  # --out writes exactly what was printed
+
+    ladder = load_ladder()
+    (skipped,) = parsed(lines, "SKIPPED ")
+    (config,) = parsed(lines, "CONFIG ")
+    rungs = list(config["rungs"])
+    assert rungs[0] == "gpt2" and set(rungs) | set(skipped) == set(ladder.RUNGS) and not set(rungs) & set(skipped)
+    for name in ("+rope", "+rmsnorm", "+no-bias", "+qk-norm", "+muon"):  # the fields the package has today
+        assert name in rungs
+    assert config["rungs"]["gpt2"]["model"]["bias"] is True and config["rungs"]["+muon"]["train"]["optimizer"] == "muon"
+    assert config["rungs"]["+qk-norm"]["model"] == {
+        "pos": "rope",
+        "norm_type": "rmsnorm",
+        "bias": False,
+        "qk_norm": True,
+    }
+
+    rows = [line.split()[1] for line in lines if line.startswith("ROW ")]
+    assert rows == rungs  # one table row per rung, in ladder order
+    for line in lines:
+        if line.startswith("ROW "):
+            assert line.count("±") == 4  # val@steps, val@time, tokens/s, seconds
+
+    runs = parsed(lines, "RUN ")
+    assert [(r["seed"], r["rung"]) for r in runs] == [(s, n) for s in (0, 1) for n in rungs]  # seed by seed
+    for r in runs:
+        assert r["eval_steps"][-1] == 6 and r["params"] > 0 and r["tokens_per_s"] > 0
+        assert r["val_steps"] == r["eval_val_loss"][-1] and r["val_time"] in r["eval_val_loss"]
+    gpt2 = {r["seed"]: r for r in runs if r["rung"] == "gpt2"}
+    assert all(g["val_time"] == g["val_steps"] and g["steps_to_target"] == 6 for g in gpt2.values())
+
+    entries = parsed(lines, "LADDER ")
+    assert [e["rung"] for e in entries] == rungs
+    for e in entries:
+        assert e["seeds"] == [0, 1]
+        for key in ("val_steps", "val_time", "tokens_per_s", "seconds", "params"):
+            assert len(e[key]["values"]) == 2 and min(e[key]["values"]) <= e[key]["mean"] <= max(e[key]["values"])
+    (target,) = parsed(lines, "TARGET ")
+    assert target["final"] == config["final"] and [p["seed"] for p in target["per_seed"]] == [0, 1]
+    assert any(line.startswith("TIME ") for line in lines)
+
+
+def test_a_rung_whose_field_the_config_lacks_is_skipped_and_said(monkeypatch):
+    ladder = load_ladder()
+    monkeypatch.setitem(ladder.RUNGS, "+future", ({"no_such_field": 1}, {}, None))
+    monkeypatch.setitem(ladder.RUNGS, "+after", ({"bias": False}, {}, "+future"))
+    built, skipped = ladder.build_rungs(block_size=32)
+    assert "'no_such_field'" in skipped["+future"] and "+future" in skipped["+after"]
+    assert "+future" not in built and "gpt2" in built
+
+
+def test_the_budget_stops_cleanly_and_prints_what_finished(tmp_path, capsys, shakespeare):
+    ladder = load_ladder()
+    out = tmp_path / "out.txt"
+    ladder.main(
+        ["--size", "smoke", "--device", "cpu", "--seeds", "0", "--steps", "4", "--budget-s", "0", "--out", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert "STOPPED budget 0 s: stopped before gpt2 seed 0; 0 runs finished" in printed
+    assert "RUN " not in printed and "TIME " in printed
+    assert out.read_text() == printed
+
+
+@pytest.mark.parametrize("values, expected", [([3.0, 2.5, 2.0], 2), ([3.0, 2.9], None)])
+def test_steps_to_target_is_the_first_evaluation_at_or_below(values, expected):
+    steps = [1, 2, 3][: len(values)]
+    assert load_ladder().first_at_or_below(steps, values, 2.5 if expected else 1.0) == expected
