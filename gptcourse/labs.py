@@ -88,14 +88,13 @@ def header_cells(relpath: str, root: Path = ROOT) -> list[nbformat.NotebookNode]
         f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(relpath, root)})",
         metadata={"tags": [BADGE_TAG]},
     )
-    url, _ = repository(root)
     install = nbformat.v4.new_code_cell(
         "# In Colab, install the course package (Colab's own torch is kept); elsewhere see the setup page.\n"
         f'REF = "{release_ref(root=root)}"  # the course release this notebook belongs to (authors may use "main")\n'
         "import subprocess, sys\n"
         'if "google.colab" in sys.modules:\n'
         '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", '
-        f'f"gptcourse @ git+{url}@{{REF}}"], check=True)',
+        f'f"{install_spec(root, ref="{REF}")}"], check=True)',  # REF is filled in when the cell runs
         metadata={"tags": [INSTALL_TAG, BOOK_REMOVE_TAG]},
     )
     setup = nbformat.v4.new_code_cell(
