@@ -397,19 +397,16 @@ def _with_grads(answer: Callable[..., Any], args: list[torch.Tensor], kwargs: di
     return out
 
 
-def run_reward(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
-    out = _with_grads(answer, list(case.args), case.kwargs, "preference_loss")
-    if out["value"].dim() != 0:
-        raise AnswerError(f"preference_loss returned shape {tuple(out['value'].shape)}; the loss is one number")
-    return out
+def run_loss(name: str) -> Callable[[Callable[..., Any], Case], dict[str, Any]]:
+    """The driver of a loss named ``name``: its value, which must be one number, and its gradients."""
 
+    def run(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
+        out = _with_grads(answer, list(case.args), case.kwargs, name)
+        if out["value"].dim() != 0:
+            raise AnswerError(f"{name} returned shape {tuple(out['value'].shape)}; the loss is one number")
+        return out
 
-def compare_loss(got: Any, expected: Any, case: Case) -> str | None:
-    if isinstance(got, dict) and got.get("gradients") is None and expected.get("gradients") is not None:
-        return _close(got.get("value"), expected["value"], case) or (
-            "has no gradient: the loss must stay differentiable (no .item() or torch.tensor around it)"
-        )
-    return _close(got, expected, case)
+    return run
 
 
 PREFERENCE_LOSS = Spec(
@@ -418,8 +415,8 @@ PREFERENCE_LOSS = Spec(
     name="preference_loss",
     reference=ref.preference_loss,
     cases=reward_cases,
-    run=run_reward,
-    compare=compare_loss,
+    run=run_loss("preference_loss"),
+    compare=compare_with_gradients(),
     forbidden=("gptcourse.rlhf.preference_loss", "gptcourse.rlhf.dpo_loss"),
     hint=f"({CH}, step 2, the reward model) the mean over the batch of -log σ(r_w - r_l), with a log-sigmoid that "
     "stays finite for any margin",
@@ -487,7 +484,7 @@ DPO_MARGIN = Spec(
     reference=ref.dpo_margin,
     cases=margin_cases,
     run=run_margin,
-    compare=compare_loss,
+    compare=compare_with_gradients(),
     forbidden=("gptcourse.rlhf.dpo_margin",),
     hint=f"({CH}, DPO) β times the difference of two log-ratios: (policy - reference) for the chosen response "
     "minus (policy - reference) for the rejected one",
@@ -533,13 +530,6 @@ def dpo_loss_cases(g: torch.Generator) -> list[Case]:
     ]
 
 
-def run_dpo_loss(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
-    out = _with_grads(answer, list(case.args), case.kwargs, "dpo_loss")
-    if out["value"].dim() != 0:
-        raise AnswerError(f"dpo_loss returned shape {tuple(out['value'].shape)}; the loss is one number")
-    return out
-
-
 def _dpo_loss(with_beta: bool = True, stable: bool = True, mean: bool = True, no_reference: bool = False):
     """The reference DPO loss with one piece changed (a misconception)."""
 
@@ -559,8 +549,8 @@ DPO_LOSS = Spec(
     name="dpo_loss",
     reference=ref.dpo_loss,
     cases=dpo_loss_cases,
-    run=run_dpo_loss,
-    compare=compare_loss,
+    run=run_loss("dpo_loss"),
+    compare=compare_with_gradients(),
     forbidden=("gptcourse.rlhf.dpo_loss", "gptcourse.rlhf.dpo_margin", "gptcourse.rlhf.preference_loss"),
     hint=f"({CH}, DPO; Rafailov et al., 2023, eq. 7) the mean over the batch of -log σ(margin), the margin from your "
     "dpo_margin with the same beta, through a log-sigmoid that is stable for any margin",
