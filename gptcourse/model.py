@@ -19,14 +19,13 @@ sliding-window and global layers (``window_pattern``, whose KV cache :func:`kv_c
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gptcourse.attention import KVCache, LayerCache, MultiHeadAttention, sparse_mask
-from gptcourse.layers import MLP as MLP  # re-exported: tests import it from here
 from gptcourse.layers import MLPS, NoPositions, SinusoidalPositions, SoftCap, make_mlp, make_norm, swiglu_hidden
 from gptcourse.moe import MoE
 
@@ -186,16 +185,10 @@ class GPTConfig:
         return d
 
 
-MODERN_DEFAULTS = {
-    "rope_base": 10000.0,
-    "norm_type": "layernorm",
-    "qk_norm": False,
-    "mlp": "gelu",
-    "tie_embeddings": True,
-    "logit_softcap": None,
-    "window_pattern": None,
-}
-"""The fields added for the modern recipe (Part VII) and their defaults: ``to_dict`` omits them at these values."""
+MODERN_FIELDS = ("rope_base", "norm_type", "qk_norm", "mlp", "tie_embeddings", "logit_softcap", "window_pattern")
+MODERN_DEFAULTS = {f.name: f.default for f in fields(GPTConfig) if f.name in MODERN_FIELDS}
+"""The fields added for the modern recipe (Part VII) and their defaults, read from ``GPTConfig``:
+``to_dict`` omits them at these values."""
 
 
 def config_of(model: nn.Module) -> GPTConfig:

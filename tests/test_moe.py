@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from gptcourse.model import GPT, MLP, GPTConfig
+from gptcourse.layers import MLP
+from gptcourse.model import GPT, GPTConfig
 from gptcourse.moe import (
     MoE,
     active_params,
