@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from gptcourse.muon import MuonAdamW
+    from gptcourse.muon import OptimizerLike
 
 
 @contextlib.contextmanager
@@ -42,7 +42,7 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 def optimizer_step(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | MuonAdamW,
+    optimizer: OptimizerLike,
     grad_clip: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:

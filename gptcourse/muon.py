@@ -27,7 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["NS_COEFFICIENTS", "Muon", "MuonAdamW", "configure_muon", "newton_schulz", "step_all", "zero_all"]
+__all__ = [
+    "NS_COEFFICIENTS",
+    "Muon",
+    "MuonAdamW",
+    "OptimizerLike",
+    "configure_muon",
+    "newton_schulz",
+    "step_all",
+    "zero_all",
+]
 
 # (a, b, c) of the quintic p(s) = a s + b s^3 + c s^5 applied to the singular values (Keller Jordan).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -268,3 +277,7 @@ class MuonAdamW:
             raise ValueError(f"MuonAdamW: the state has {len(states)} optimisers, this one {len(self.optimizers)}")
         for optimizer, state in zip(self.optimizers, states, strict=True):
             optimizer.load_state_dict(state)
+
+
+# what a training loop steps: a torch optimiser, or Muon and AdamW driven as one
+OptimizerLike = torch.optim.Optimizer | MuonAdamW

@@ -45,12 +45,10 @@ from gptcourse.hardware import peak_flops
 from gptcourse.loops import evaluating, optimizer_step
 from gptcourse.model import config_of
 from gptcourse.moe import active_params
-from gptcourse.muon import MuonAdamW
+from gptcourse.muon import MuonAdamW, OptimizerLike
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "muon")
-# what the loop steps: a torch optimiser, or Muon and AdamW driven as one
-OptimizerLike = torch.optim.Optimizer | MuonAdamW
 
 
 @dataclass
