@@ -472,17 +472,11 @@ def decoding(suite: Suite, args: argparse.Namespace, device: str, size: str) -> 
 
 
 # ---------------------------------------------------------------------------------------------- 4
-EXECUTE = """
-import sys, nbformat
-from nbclient import NotebookClient
-src, cwd, dst, timeout = sys.argv[1:5]
-nb = nbformat.read(src, as_version=4)
-try:
-    NotebookClient(nb, timeout=int(timeout), kernel_name="python3", resources={"metadata": {"path": cwd}},
-                   record_timing=True).execute()
-finally:
-    nbformat.write(nb, dst)  # a failed notebook is written too, up to its failing cell
-"""
+# the child that runs one notebook (a process of its own, so the deadline can kill it): gptcourse.outputs.execute
+EXECUTE = (
+    "import sys; from pathlib import Path; from gptcourse.outputs import execute; "
+    "execute(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))"
+)
 
 
 def missing_jupyter() -> list[str]:
@@ -524,7 +518,7 @@ def notebooks(suite: Suite, args: argparse.Namespace, size: str) -> dict:
             continue
         dst = out / path.name
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-c", EXECUTE, str(path), str(path.parent), str(dst), str(int(left) + 1)]
+        cmd = [sys.executable, "-c", EXECUTE, str(path), str(int(left) + 1), str(dst)]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             output, _ = proc.communicate(timeout=left)

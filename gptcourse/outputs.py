@@ -53,20 +53,29 @@ def commit_stamp(root: Path = ROOT) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def execute(path: Path, timeout: int) -> float:
-    """Run ``path`` in a fresh kernel in its own folder, write it back; return the seconds it took."""
+def execute(path: Path, timeout: int, dst: Path | None = None) -> float:
+    """Run ``path`` in a fresh kernel in its own folder and write it back; return the seconds it took.
+
+    With ``dst`` the executed notebook is written there instead, also when a cell fails (up to that
+    cell: the GPU suite brings back what ran); ``path`` itself is only ever rewritten by a whole run."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(
+    client = NotebookClient(
         nb,
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
         record_timing=True,
-    ).execute()
-    nbformat.write(nb, path)
+    )
+    try:
+        client.execute()
+    finally:
+        if dst is not None:
+            nbformat.write(nb, dst)
+    if dst is None:
+        nbformat.write(nb, path)
     return time.perf_counter() - start
 
 
