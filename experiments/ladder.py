@@ -5,15 +5,17 @@ The first rung is the GPT-2 recipe: the ``shakespeare-char`` preset at ``--size`
 biases, AdamW, tied embeddings). Each later rung adds one change to the rung before it
 (cumulative), as ``GPTConfig`` / ``TrainConfig`` overrides (:data:`RUNGS`):
 
-    gpt2 -> +rope -> +rmsnorm -> +no-bias -> +qk-norm -> +muon -> +relu2 -> (+swiglu) -> +untied
-    -> +softcap -> +sssl
+    gpt2 -> +rope -> +rmsnorm -> +no-bias -> +qk-norm -> (+moe) -> +muon -> +relu2 -> (+swiglu)
+    -> +untied -> +softcap -> +sssl
 
-``+swiglu`` is a side rung: SwiGLU in place of ReLU² (on ``+relu2``), at about equal parameters
-(``GPTConfig(mlp="swiglu")`` sizes its hidden width with ``gptcourse.layers.swiglu_hidden``: the
-parameter column shows the small difference its rounding leaves); the rungs after it build on
-``+relu2``, as nanochat does. ``+sssl`` sets ``attn_window`` to half the context (nanochat's short
-window). A rung whose field ``GPTConfig`` does not have (``dataclasses.fields``) is skipped, and
-the ``SKIPPED`` line says which and why.
+``+moe`` is a side rung: a Switch-style mixture of experts (4 GELU experts, top-1, so each token
+pays the dense MLP's compute while the MLP holds 4 times the parameters) in place of the dense MLP
+of ``+qk-norm``, on AdamW; ``+muon`` builds on ``+qk-norm``. ``+swiglu`` is a side rung: SwiGLU in
+place of ReLU² (on ``+relu2``), at about equal parameters (``GPTConfig(mlp="swiglu")`` sizes its
+hidden width with ``gptcourse.layers.swiglu_hidden``: the parameter column shows the small
+difference its rounding leaves); the rungs after it build on ``+relu2``, as nanochat does. ``+sssl``
+sets ``attn_window`` to half the context (nanochat's short window). A rung whose field ``GPTConfig``
+does not have (``dataclasses.fields``) is skipped, and the ``SKIPPED`` line says which and why.
 
 Every rung trains each seed of ``--seeds`` (one after another, seed by seed over the rungs, so a
 partial output already compares the rungs) with the same steps, batches and schedule, and measures:
@@ -39,13 +41,21 @@ per rung (what a chapter loads: the seeds and every value listed) and the ``TARG
 ``--out FILE`` writes all of it to ``FILE`` as well. ``--budget-s`` stops cleanly before a run
 that would not finish within the budget (judged from the longest run so far) and prints what did.
 
-Run (the cpu size: 3000 steps per run, 11 rungs, 33 runs; on one thread of a busy 2-core machine
-about 0.23 s per step for the AdamW rungs and 0.29 s for the Muon ones, evaluations included:
-11 to 15 minutes a run, about 2.5 hours a seed, 7 to 8 hours in all)::
+Run (the cpu size's model and batches; the preset's 3000 steps make 11 to 15 minutes a run on one
+thread, 7 to 8 hours for 36 runs, so the committed run, ``experiments/results/ladder-cpu.txt``,
+trains a sixth of them: 500 steps, evaluated every 50, about 2.5 minutes a run and 1.5 hours in all
+on one thread of the 2-core machine)::
 
-    OMP_NUM_THREADS=1 python experiments/ladder.py --size cpu --seeds 0 1 2 \\
+    OMP_NUM_THREADS=1 python experiments/ladder.py --size cpu --seeds 0 1 2 --steps 500 --eval-interval 50 \\
         --out experiments/results/ladder-cpu.txt
+    OMP_NUM_THREADS=1 python experiments/ladder.py --size cpu --seeds 0 1 2      # the preset's 3000 steps
     OMP_NUM_THREADS=1 python experiments/ladder.py --size smoke --seeds 0 1 --steps 10   # a check
+
+Seeds can also run apart (side by side, one thread each, or on other machines) and be merged into
+one ladder, the same lines as one run would print (``--merge``; the committed output was made so:
+seeds 0 and 1 in one process, seed 2 in another, at the same time)::
+
+    python experiments/ladder.py --merge seeds01.txt seed2.txt --out experiments/results/ladder-cpu.txt
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ import dataclasses
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -72,6 +83,9 @@ RUNGS: dict[str, tuple[dict, dict, str | None]] = {
     "+rmsnorm": (dict(norm_type="rmsnorm"), {}, None),
     "+no-bias": (dict(bias=False), {}, None),
     "+qk-norm": (dict(qk_norm=True), {}, None),
+    # a side rung: a Switch-style MoE (4 experts, top-1: the dense rung's active compute, 4x its MLP
+    # parameters) in place of the dense GELU MLP, on +qk-norm; the next rung builds on +qk-norm
+    "+moe": (dict(ffn="moe", n_expert=4, expert_top_k=1), {}, "+qk-norm"),
     "+muon": ({}, dict(optimizer="muon"), None),
     "+relu2": (dict(mlp="relu2"), {}, None),
     "+swiglu": (dict(mlp="swiglu"), {}, "+relu2"),  # a side rung: the next builds on +relu2
@@ -79,7 +93,7 @@ RUNGS: dict[str, tuple[dict, dict, str | None]] = {
     "+softcap": (dict(logit_softcap=15.0), {}, None),
     "+sssl": (dict(window_pattern="SSSL"), {}, None),
 }
-SIDE = {"+swiglu"}  # rungs off the main line: the final rung is the last one not in here
+SIDE = {"+moe", "+swiglu"}  # rungs off the main line: the final rung is the last one not in here
 
 
 class Tee:
@@ -228,6 +242,87 @@ def table(summary: list[dict]) -> list[str]:
     return lines
 
 
+def report(out: Tee, runs: list[dict], built: dict, final: str) -> None:
+    """Print the table, one ``LADDER`` line per rung and the ``TARGET`` headline of ``runs``."""
+    summary = summarise(runs, built)
+    out()
+    for line in table(summary):
+        out(line)
+    out()
+    for entry in summary:
+        out("LADDER " + json.dumps(entry))
+    by_seed = {r["seed"]: r for r in runs if r["rung"] == "gpt2"}
+    finals = [r for r in runs if r["rung"] == final and r["seed"] in by_seed]
+    per_seed = []
+    for r in finals:
+        g = by_seed[r["seed"]]
+        base_steps = g["steps_to_target"]
+        ratio = None if r["steps_to_target"] is None else round(base_steps / r["steps_to_target"], 3)
+        per_seed.append(
+            {
+                "seed": r["seed"],
+                "target": g["val_steps"],
+                "gpt2_steps": base_steps,
+                "steps": r["steps_to_target"],
+                "ratio": ratio,
+            }
+        )
+    ratios = [p["ratio"] for p in per_seed if p["ratio"] is not None]
+    headline = {
+        "final": final,
+        "per_seed": per_seed,
+        "ratio_mean": round(statistics.fmean(ratios), 3) if ratios else None,
+        "ratio_std": round(statistics.stdev(ratios), 3) if len(ratios) > 1 else None,
+    }
+    out("TARGET " + json.dumps(headline))
+    if ratios:
+        out(
+            f"# headline: {final} reaches the GPT-2 recipe's final val loss in 1/{headline['ratio_mean']:.2f} "
+            f"of its steps (gpt2 steps / {final} steps = {', '.join(f'{x:.2f}' for x in ratios)})"
+        )
+
+
+def read_output(path: str) -> tuple[list[str], dict, list[dict]]:
+    """The lines of a ladder's printed output (``--out``), its ``CONFIG`` and its ``RUN`` results."""
+    lines = Path(path).read_text().splitlines()
+    configs = [json.loads(line[len("CONFIG ") :]) for line in lines if line.startswith("CONFIG ")]
+    if len(configs) != 1:
+        raise ValueError(f"{path}: not a ladder output (expected one CONFIG line, found {len(configs)})")
+    return lines, configs[0], [json.loads(line[len("RUN ") :]) for line in lines if line.startswith("RUN ")]
+
+
+def merge(paths: list[str], out: Tee) -> None:
+    """Print one ladder from the outputs of runs made separately (other seeds, other processes), as
+    if one run had made them: the same table, ``LADDER`` and ``TARGET`` lines. Their sizes, models,
+    schedules and rungs must agree and their seeds must not overlap (``ValueError`` otherwise).
+    Equal wall time is judged within each seed, so seeds run side by side compare as fairly as
+    seeds run one after another on an equally loaded machine."""
+    outputs = [read_output(p) for p in paths]
+    first = outputs[0][1]
+    same = ("size", "device", "model", "train", "rungs", "final")
+    seen: dict[int, str] = {}
+    for path, (_, config, runs) in zip(paths, outputs, strict=True):
+        for key in same:
+            if config[key] != first[key]:
+                raise ValueError(f"{path}: its {key} differs from {paths[0]}'s, so their runs do not form one ladder")
+        for seed in sorted({r["seed"] for r in runs}):
+            if seed in seen:
+                raise ValueError(f"seed {seed} is in both {seen[seed]} and {path}")
+            seen[seed] = path
+    order = list(first["rungs"])
+    runs = sorted((r for _, _, rs in outputs for r in rs), key=lambda r: (r["seed"], order.index(r["rung"])))
+    out(f"{outputs[0][0][0]} | merged from {len(paths)} outputs")
+    for path, (lines, _, rs) in zip(paths, outputs, strict=True):
+        out(f"# merged: {Path(path).name}: seeds {sorted({r['seed'] for r in rs})}, {len(rs)} runs | {lines[0]}")
+    out(next(line for line in outputs[0][0] if line.startswith("SKIPPED ")))
+    out("CONFIG " + json.dumps({**first, "seeds": sorted(seen), "merged_from": [Path(p).name for p in paths]}))
+    for r in runs:
+        out("RUN " + json.dumps(r))
+    built = {name: (v["model"], v["train"]) for name, v in first["rungs"].items()}
+    report(out, runs, built, first["final"])
+    out(f"TIME {sum(r['seconds'] for r in runs):.1f} s of training in all, {len(runs)} runs")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=["smoke", "cpu", "gpu"], default=get_size())
@@ -238,7 +333,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-interval", type=int, default=None, help="default: the preset's / 5")
     parser.add_argument("--budget-s", type=float, default=None, help="stop before a run that would end past this")
     parser.add_argument("--out", default=None, help="write the printed output to this file too")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="OUTPUT", help="print one ladder of these outputs")
     args = parser.parse_args(argv)
+    if args.merge:
+        out = Tee(args.out)
+        merge(args.merge, out)
+        out.close()
+        return
     seeds = args.seeds
     t0 = time.perf_counter()
     out = Tee(args.out)
@@ -290,42 +391,7 @@ def main(argv: list[str] | None = None) -> None:
             break
     if stopped:
         out(f"STOPPED {stopped}; {len(runs)} runs finished")
-    summary = summarise(runs, built)
-    out()
-    for line in table(summary):
-        out(line)
-    out()
-    for entry in summary:
-        out("LADDER " + json.dumps(entry))
-    by_seed = {r["seed"]: r for r in runs if r["rung"] == "gpt2"}
-    finals = [r for r in runs if r["rung"] == final and r["seed"] in by_seed]
-    per_seed = []
-    for r in finals:
-        g = by_seed[r["seed"]]
-        base_steps = g["steps_to_target"]
-        ratio = None if r["steps_to_target"] is None else round(base_steps / r["steps_to_target"], 3)
-        per_seed.append(
-            {
-                "seed": r["seed"],
-                "target": g["val_steps"],
-                "gpt2_steps": base_steps,
-                "steps": r["steps_to_target"],
-                "ratio": ratio,
-            }
-        )
-    ratios = [p["ratio"] for p in per_seed if p["ratio"] is not None]
-    headline = {
-        "final": final,
-        "per_seed": per_seed,
-        "ratio_mean": round(statistics.fmean(ratios), 3) if ratios else None,
-        "ratio_std": round(statistics.stdev(ratios), 3) if len(ratios) > 1 else None,
-    }
-    out("TARGET " + json.dumps(headline))
-    if ratios:
-        out(
-            f"# headline: {final} reaches the GPT-2 recipe's final val loss in 1/{headline['ratio_mean']:.2f} "
-            f"of its steps (gpt2 steps / {final} steps = {', '.join(f'{x:.2f}' for x in ratios)})"
-        )
+    report(out, runs, built, final)
     out(f"TIME {time.perf_counter() - t0:.1f} s in all, {len(runs)} runs")
     out.close()
 

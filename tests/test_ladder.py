@@ -54,6 +54,16 @@ def test_ladder_runs_at_the_smoke_size_and_prints_what_its_chapter_loads(tmp_pat
         "qk_norm": True,
     }
 
+    # a side rung branches off without the next rung building on it
+    assert config["rungs"]["+moe"]["model"] == {
+        **config["rungs"]["+qk-norm"]["model"],
+        "ffn": "moe",
+        "n_expert": 4,
+        "expert_top_k": 1,
+    }
+    assert "ffn" not in config["rungs"]["+muon"]["model"] and "ffn" not in config["rungs"][config["final"]]["model"]
+    assert config["rungs"]["+untied"]["model"]["mlp"] == "relu2"  # built on +relu2, not on the +swiglu side rung
+
     rows = [line.split()[1] for line in lines if line.startswith("ROW ")]
     assert rows == rungs  # one table row per rung, in ladder order
     for line in lines:
@@ -104,3 +114,34 @@ def test_the_budget_stops_cleanly_and_prints_what_finished(tmp_path, capsys, sha
 def test_steps_to_target_is_the_first_evaluation_at_or_below(values, expected):
     steps = [1, 2, 3][: len(values)]
     assert load_ladder().first_at_or_below(steps, values, 2.5 if expected else 1.0) == expected
+
+
+def test_seeds_run_apart_merge_into_the_ladder_one_run_prints(tmp_path, capsys, shakespeare):
+    ladder = load_ladder()
+    common = ["--size", "smoke", "--device", "cpu", "--steps", "3", "--eval-interval", "1", "--rungs", "+rope"]
+    for name, seeds in (("both", ["0", "1"]), ("s0", ["0"]), ("s1", ["1"])):
+        ladder.main([*common, "--seeds", *seeds, "--out", str(tmp_path / f"{name}.txt")])
+    capsys.readouterr()
+    ladder.main(["--merge", str(tmp_path / "s0.txt"), str(tmp_path / "s1.txt"), "--out", str(tmp_path / "merged.txt")])
+    merged = capsys.readouterr().out
+    assert (tmp_path / "merged.txt").read_text() == merged
+    lines, both = merged.splitlines(), (tmp_path / "both.txt").read_text().splitlines()
+    assert "merged from 2 outputs" in lines[0] and parsed(lines, "CONFIG ")[0]["seeds"] == [0, 1]
+
+    # the losses are the same runs' (timings differ from run to run, so they are left out)
+    def losses(ls: list[str]) -> list[tuple]:
+        return [(r["rung"], r["seed"], r["eval_val_loss"], r["steps_to_target"]) for r in parsed(ls, "RUN ")]
+
+    assert losses(lines) == losses(both)
+    assert [e["val_steps"] for e in parsed(lines, "LADDER ")] == [e["val_steps"] for e in parsed(both, "LADDER ")]
+    assert parsed(lines, "TARGET ")[0]["per_seed"] == parsed(both, "TARGET ")[0]["per_seed"]
+
+    with pytest.raises(ValueError, match="seed 0 is in both"):
+        ladder.main(["--merge", str(tmp_path / "s0.txt"), str(tmp_path / "both.txt")])
+    longer = tmp_path / "longer.txt"
+    ladder.main([*common, "--steps", "4", "--seeds", "1", "--out", str(longer)])
+    with pytest.raises(ValueError, match="its train differs"):
+        ladder.main(["--merge", str(tmp_path / "s0.txt"), str(longer)])
+    (tmp_path / "empty.txt").write_text("not a ladder\n")
+    with pytest.raises(ValueError, match="not a ladder output"):
+        ladder.main(["--merge", str(tmp_path / "empty.txt")])
