@@ -52,10 +52,13 @@ on one thread of the 2-core machine)::
     OMP_NUM_THREADS=1 python experiments/ladder.py --size smoke --seeds 0 1 --steps 10   # a check
 
 Seeds can also run apart (side by side, one thread each, or on other machines) and be merged into
-one ladder, the same lines as one run would print (``--merge``; the committed output was made so:
-seeds 0 and 1 in one process, seed 2 in another, at the same time)::
+one ladder, the same lines as one run would print (``--merge``). The committed output was made so:
+seeds 0 and 1 in one process and seed 2 in another, side by side; 18 minutes in, seed 1 was started
+in a third process and the first stopped after seed 0 (its outputs are in
+``experiments/results/ladder-cpu-runs/``)::
 
-    python experiments/ladder.py --merge seeds01.txt seed2.txt --out experiments/results/ladder-cpu.txt
+    cd experiments/results/ladder-cpu-runs
+    python ../../ladder.py --merge seeds01.txt:0 seed1.txt seed2.txt --out ../ladder-cpu.txt
 """
 
 from __future__ import annotations
@@ -283,12 +286,20 @@ def report(out: Tee, runs: list[dict], built: dict, final: str) -> None:
 
 
 def read_output(path: str) -> tuple[list[str], dict, list[dict]]:
-    """The lines of a ladder's printed output (``--out``), its ``CONFIG`` and its ``RUN`` results."""
+    """The lines of a ladder's printed output (``--out``), its ``CONFIG`` and its ``RUN`` results.
+
+    ``path`` may end in ``:SEEDS`` (``out.txt:0`` or ``out.txt:0,2``) to take only those seeds'
+    runs, e.g. from an output whose process was stopped part of the way through a seed."""
+    path, _, wanted = path.partition(":")
     lines = Path(path).read_text().splitlines()
     configs = [json.loads(line[len("CONFIG ") :]) for line in lines if line.startswith("CONFIG ")]
     if len(configs) != 1:
         raise ValueError(f"{path}: not a ladder output (expected one CONFIG line, found {len(configs)})")
-    return lines, configs[0], [json.loads(line[len("RUN ") :]) for line in lines if line.startswith("RUN ")]
+    runs = [json.loads(line[len("RUN ") :]) for line in lines if line.startswith("RUN ")]
+    if wanted:
+        seeds = {int(s) for s in wanted.split(",")}
+        runs = [r for r in runs if r["seed"] in seeds]
+    return lines, configs[0], runs
 
 
 def merge(paths: list[str], out: Tee) -> None:
