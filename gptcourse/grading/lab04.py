@@ -25,6 +25,7 @@ from gptcourse.grading.spec import (
     close,
     exact,
     load_reference_weights,
+    parameter_grads,
     randomize_,
     seeded,
 )
@@ -344,10 +345,6 @@ def _head(mistake: str) -> type[nn.Module]:
     return type("Head", (_WrongHead,), {"mistake": mistake})
 
 
-def _grads(module: nn.Module) -> dict[str, torch.Tensor | None]:
-    return {k: (None if p.grad is None else p.grad.clone()) for k, p in module.named_parameters()}
-
-
 def _seed(g: torch.Generator) -> int:
     return int(torch.randint(2**31, (1,), generator=g))
 
@@ -440,7 +437,7 @@ def run_head(answer: Any, case: Case) -> Any:
     if not isinstance(y, torch.Tensor) or y.shape != proj.shape:
         return {"output": y}
     (y * proj).sum().backward()
-    out = {"output": y.detach(), "grad of x": x.grad, "grads": _grads(module)}
+    out = {"output": y.detach(), "grad of x": x.grad, "grads": parameter_grads(module)}
     if weights is not None:
         out["weights"] = weights.detach() if isinstance(weights, torch.Tensor) else weights
     return out

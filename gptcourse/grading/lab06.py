@@ -27,7 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptcourse import attention as ref
-from gptcourse.grading.spec import Case, Misconception, Spec, close, exact, load_reference_weights, randomize_, seeded
+from gptcourse.grading.spec import (
+    Case,
+    Misconception,
+    Spec,
+    close,
+    exact,
+    load_reference_weights,
+    parameter_grads,
+    randomize_,
+    seeded,
+)
 
 # the package's module may not stand in for the learner's (the learner may use F.scaled_dot_product_attention)
 MHA_FORBIDDEN = (
@@ -43,10 +53,6 @@ def _seed(g: torch.Generator) -> int:
 
 def _int(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi, (1,), generator=g))
-
-
-def _grads(module: nn.Module) -> dict[str, torch.Tensor | None]:
-    return {k: (None if p.grad is None else p.grad.clone()) for k, p in module.named_parameters()}
 
 
 class _Weights(dict):
@@ -377,7 +383,7 @@ def run_gqa(answer: Callable[..., Any], case: Case) -> Any:
         torch.manual_seed(seed)  # the same dropout draws as the reference's
         y = module(x, None, _window(x.size(1))) if how == "mask" else module(x)
     (y * proj).sum().backward()
-    return {"output": y.detach(), "grad of x": x.grad, "grads": _grads(module)}
+    return {"output": y.detach(), "grad of x": x.grad, "grads": parameter_grads(module)}
 
 
 GQA_HINTS = {
@@ -471,7 +477,7 @@ def run_cache(answer: Callable[..., Any], case: Case) -> Any:
     y = torch.cat(outputs, dim=1)
     (y * proj).sum().backward()
     stored = {"len": len(cache), "keys": cache.keys.detach(), "values": cache.values.detach()}
-    return {"output": y.detach(), "cache": stored, "grad of x": x.grad, "grads": _grads(module)}
+    return {"output": y.detach(), "cache": stored, "grad of x": x.grad, "grads": parameter_grads(module)}
 
 
 CACHE_HINTS = {

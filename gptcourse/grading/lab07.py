@@ -20,12 +20,17 @@ import torch.nn.functional as F
 import gptcourse.layers
 import gptcourse.model
 from gptcourse.attention import LayerCache
-from gptcourse.grading.spec import Case, Misconception, Spec, close, load_reference_weights, randomize_, seeded
+from gptcourse.grading.spec import (
+    Case,
+    Misconception,
+    Spec,
+    close,
+    load_reference_weights,
+    parameter_grads,
+    randomize_,
+    seeded,
+)
 from gptcourse.model import GPTConfig
-
-
-def _grads(module: nn.Module) -> dict[str, torch.Tensor | None]:
-    return {k: (None if p.grad is None else p.grad.clone()) for k, p in module.named_parameters()}
 
 
 def _seed(g: torch.Generator) -> int:
@@ -70,7 +75,7 @@ def run_layer_norm(answer: Callable[..., Any], case: Case) -> Any:
     x = x.clone().requires_grad_(True)
     y = module(x)
     (y * proj).sum().backward()
-    return {"initial parameters": init, "output": y.detach(), "grad of x": x.grad, "grads": _grads(module)}
+    return {"initial parameters": init, "output": y.detach(), "grad of x": x.grad, "grads": parameter_grads(module)}
 
 
 def reference_layer_norm(ndim: int, bias: bool = True, eps: float = 1e-5) -> nn.Module:
@@ -204,41 +209,57 @@ def _config(C: int, n_head: int = 2, T: int = 8, **kw: Any) -> GPTConfig:
     return GPTConfig(vocab_size=2, block_size=T, n_layer=1, n_head=n_head, n_embd=C, **kw)
 
 
-def mlp_cases(g: torch.Generator) -> list[Case]:
-    def case(label: str, shape: tuple[int, ...], hidden: int | None, training: bool, **kw: Any) -> Case:
-        config = _config(shape[-1], **kw)
-        with seeded(g):
-            reference = gptcourse.layers.MLP(config, hidden)
-        randomize_(reference, g)
-        state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-        x = torch.randn(shape, generator=g)
-        return Case(label, (config, hidden, state, x, torch.randn(shape, generator=g), training, _seed(g)))
+def feed_forward_cases(reference: type[nn.Module]) -> Callable[[torch.Generator], list[Case]]:
+    """The cases of a feed-forward layer built as ``reference(config, hidden=None)`` with the MLP's
+    parameters (``c_fc``, ``c_proj``, ``dropout``): this step's MLP, and Lab 17's ``ReLU2MLP``."""
 
-    cases = [
-        case("(B, T, C), no dropout", (2, 3, 8), None, False),
-        case("one vector (C,)", (6,), None, False),
-        case("three leading dimensions and hidden=10", (2, 2, 3, 4), 10, False),
-        case("bias=False", (2, 5, 8), None, False, bias=False),
-        case("dropout=0.3 in eval mode (no dropout)", (2, 4, 8), None, False, dropout=0.3),
-        case("dropout=0.3 in training mode", (2, 4, 8), None, True, dropout=0.3),
-    ]
-    for i in range(2):
-        C = int(torch.randint(2, 17, (1,), generator=g)) * 2
-        cases.append(case(f"random sizes {i + 1}", (2, 3, C), None if i else 3 * C, i == 1, dropout=0.2 * i))
-    return cases
+    def cases_of(g: torch.Generator) -> list[Case]:
+        def case(label: str, shape: tuple[int, ...], hidden: int | None, training: bool, **kw: Any) -> Case:
+            config = _config(shape[-1], **kw)
+            with seeded(g):
+                module = reference(config, hidden)
+            randomize_(module, g)
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            x = torch.randn(shape, generator=g)
+            return Case(label, (config, hidden, state, x, torch.randn(shape, generator=g), training, _seed(g)))
+
+        cases = [
+            case("(B, T, C), no dropout", (2, 3, 8), None, False),
+            case("one vector (C,)", (6,), None, False),
+            case("three leading dimensions and hidden=10", (2, 2, 3, 4), 10, False),
+            case("bias=False", (2, 5, 8), None, False, bias=False),
+            case("dropout=0.3 in eval mode (no dropout)", (2, 4, 8), None, False, dropout=0.3),
+            case("dropout=0.3 in training mode", (2, 4, 8), None, True, dropout=0.3),
+        ]
+        for i in range(2):
+            C = int(torch.randint(2, 17, (1,), generator=g)) * 2
+            cases.append(case(f"random sizes {i + 1}", (2, 3, C), None if i else 3 * C, i == 1, dropout=0.2 * i))
+        return cases
+
+    return cases_of
 
 
-def run_mlp(answer: Callable[..., Any], case: Case) -> Any:
-    config, hidden, state, x, proj, training, seed = case.args
-    module = answer(config) if hidden is None else answer(config, hidden)
-    load_reference_weights(module, state, "your MLP")
-    module.train(training)
-    x = x.clone().requires_grad_(True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the same dropout draws as the reference's
-        y = module(x)
-    (y * proj).sum().backward()
-    return {"output": y.detach(), "grad of x": x.grad, "grads": _grads(module)}
+def feed_forward_run(what: str) -> Callable[[Callable[..., Any], Case], Any]:
+    """The driver of :func:`feed_forward_cases`: build the answer (``what`` names it in messages) on
+    the reference's weights, run it with the reference's dropout draws, and backpropagate."""
+
+    def run(answer: Callable[..., Any], case: Case) -> Any:
+        config, hidden, state, x, proj, training, seed = case.args
+        module = answer(config) if hidden is None else answer(config, hidden)
+        load_reference_weights(module, state, what)
+        module.train(training)
+        x = x.clone().requires_grad_(True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same dropout draws as the reference's
+            y = module(x)
+        (y * proj).sum().backward()
+        return {"output": y.detach(), "grad of x": x.grad, "grads": parameter_grads(module)}
+
+    return run
+
+
+mlp_cases = feed_forward_cases(gptcourse.layers.MLP)
+run_mlp = feed_forward_run("your MLP")
 
 
 def _mlp(mistake: str) -> type[nn.Module]:
@@ -360,7 +381,7 @@ def _run_block(make: Callable[[GPTConfig], Any], case: Case, what: str) -> Any:
         "output": y.detach(),
         "aux": None if aux is None else aux.detach(),
         "grad of x": x.grad,
-        "grads": _grads(block),
+        "grads": parameter_grads(block),
     }
 
 

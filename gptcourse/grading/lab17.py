@@ -19,6 +19,7 @@ import torch.nn as nn
 
 import gptcourse.layers as ref
 from gptcourse.generate import generate
+from gptcourse.grading.lab07 import feed_forward_cases, feed_forward_run
 from gptcourse.grading.spec import (
     AnswerError,
     Case,
@@ -27,6 +28,7 @@ from gptcourse.grading.spec import (
     close,
     compare_with_gradients,
     load_reference_weights,
+    parameter_grads,
     randint,
     randomize_,
     seeded,
@@ -36,10 +38,6 @@ from gptcourse.model import GPT, GPTConfig
 RMS = "Chapter 17, RMSNorm"
 ROPE = "Chapter 17, Rotary position embeddings (RoPE)"
 CONFIG = "Chapter 17, The modern GPT is a configuration"
-
-
-def _grads(module: nn.Module) -> dict[str, torch.Tensor | None]:
-    return {k: (None if p.grad is None else p.grad.clone()) for k, p in module.named_parameters()}
 
 
 # --- Step 1: RMSNorm ------------------------------------------------------------------------------------
@@ -85,7 +83,7 @@ def run_rms(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
         "output dtype": str(y.dtype),
         "output": y.detach(),
         "grad of x": x.grad,
-        "grads": _grads(module),
+        "grads": parameter_grads(module),
     }
 
 
@@ -526,45 +524,8 @@ RELATIVE = Spec(
 # --- Step 5: the squared-ReLU feed-forward ----------------------------------------------------------------
 
 
-def _config(C: int, **kw: Any) -> GPTConfig:
-    return GPTConfig(vocab_size=2, block_size=8, n_layer=1, n_head=2, n_embd=C, **kw)
-
-
-def relu2_cases(g: torch.Generator) -> list[Case]:
-    def case(label: str, shape: tuple[int, ...], hidden: int | None, training: bool, **kw: Any) -> Case:
-        config = _config(shape[-1], **kw)
-        with seeded(g):
-            reference = ref.ReLU2MLP(config, hidden)
-        randomize_(reference, g)
-        state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-        x = torch.randn(shape, generator=g)
-        seed = randint(g, 0, 2**31 - 1)
-        return Case(label, (config, hidden, state, x, torch.randn(shape, generator=g), training, seed))
-
-    cases = [
-        case("(B, T, C) = (2, 3, 8), no dropout", (2, 3, 8), None, False),
-        case("one vector (C,) and hidden=10", (6,), 10, False),
-        case("bias=False", (2, 5, 8), None, False, bias=False),
-        case("dropout=0.3 in eval mode (no dropout)", (2, 4, 8), None, False, dropout=0.3),
-        case("dropout=0.3 in training mode", (2, 4, 8), None, True, dropout=0.3),
-    ]
-    for i in range(2):
-        C = 2 * randint(g, 1, 8)
-        cases.append(case(f"random sizes {i + 1}", (2, 3, C), None if i else 3 * C, i == 1, dropout=0.2 * i))
-    return cases
-
-
-def run_relu2(answer: Callable[..., Any], case: Case) -> dict[str, Any]:
-    config, hidden, state, x, proj, training, seed = case.args
-    module = answer(config) if hidden is None else answer(config, hidden)
-    load_reference_weights(module, state, "your ReLU2MLP")
-    module.train(training)
-    x = x.clone().requires_grad_(True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the same dropout draws as the reference's
-        y = module(x)
-    (y * proj).sum().backward()
-    return {"output": y.detach(), "grad of x": x.grad, "grads": _grads(module)}
+relu2_cases = feed_forward_cases(ref.ReLU2MLP)  # Lab 7's MLP cases, on the squared-ReLU reference
+run_relu2 = feed_forward_run("your ReLU2MLP")
 
 
 def _relu2(mistake: str) -> type[nn.Module]:

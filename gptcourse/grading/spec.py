@@ -224,6 +224,12 @@ def update_misconceptions(variant: Callable[..., Callable[..., Any]]) -> tuple[M
     )
 
 
+def parameter_grads(module: nn.Module) -> dict[str, torch.Tensor | None]:
+    """A copy of each named parameter's gradient after a backward (None where it has none): what a
+    spec compares between the learner's module and the reference's."""
+    return {k: (None if p.grad is None else p.grad.clone()) for k, p in module.named_parameters()}
+
+
 def load_reference_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Load the reference's parameters into the learner's ``module``: every parameter of the
     reference must exist with its name and shape, and the module may have no other parameters;
