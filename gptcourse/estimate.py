@@ -19,7 +19,7 @@ forum, "About GPU peak performance", 2023). A model of nanoGPT's character size 
 of what a GPU sustains: nanoGPT's README trains that model (6 layers, 384 wide, context 256,
 batch 64; 5000 iterations, evaluating 200 batches of each split every 250) in about 3 minutes on
 one A100, which is 16% of the A100's 312 TFLOP/s (:func:`nanogpt_a100_mfu` counts it). The
-estimate assumes the same fraction of the T4's sustained 24: about 3.9 TFLOP/s.
+estimate assumes the same fraction of the T4's sustained 24: about 3.8 TFLOP/s.
 
 How far to trust it: the A100 sustains more of its peak than the T4 does of its own (which the
 24 accounts for), and the README's "about 3 minutes" is rounded. The one public T4-class figure
@@ -103,7 +103,7 @@ def nanogpt_a100_mfu() -> float:
 
 def t4_flops_per_s(precision: str = "fp16") -> float:
     """The rate the estimates assume for a Colab T4: nanoGPT's A100 utilisation of what the T4
-    sustains (see the module docstring): about 3.9e12 in fp16 (the trainer's autocast on a T4),
+    sustains (see the module docstring): about 3.8e12 in fp16 (the trainer's autocast on a T4),
     1.3e12 in fp32."""
     return nanogpt_a100_mfu() * (T4_FP32_FLOPS if precision == "fp32" else T4_SUSTAINED_FLOPS)
 
