@@ -144,33 +144,34 @@ def gpu_runs() -> list[GpuRun]:
     a notebook loads from an earlier notebook's checkpoint is counted: in Colab every notebook
     starts on a fresh machine without it."""
     char, char_train = char_preset()
+    char_run = run_flops(char, char_train)  # Chapter 10's run, which Chapter 11 repeats on a fresh machine
+    char_step = step_flops(char, char_train.batch_size)  # one training step of 64 windows (Chapters 10, 13, Lab 16)
     bpe_model, bpe_train = preset("shakespeare-bpe", "gpu")
     bpe = GPTConfig(**bpe_model)
     # Chapter 10's speed measurements: about 330 training steps of the char model, no evaluation
-    speed = 330 * step_flops(char, char_train.batch_size)
+    speed = 330 * char_step
     # Chapter 12 (cell 31): five attention patterns x three seeds; masks do not change the products
     sparse = GPTConfig(vocab_size=65, block_size=256, n_layer=4, n_head=4, n_embd=192, dropout=0.0)
     sparse_train = TrainConfig(max_steps=2000, batch_size=32, eval_interval=333, eval_iters=20, progress=False)
     # Chapter 13 (cell 40): 468 timed steps in fp32, a third each of the dense GPT and the MoE with and without capacity
     moe = GPTConfig(**{**char.to_dict(), "ffn": "moe", "n_expert": 8, "expert_top_k": 1})
-    moe_speed = 156 * (step_flops(char, 64) + 2 * step_flops(moe, 64))
+    moe_speed = 156 * (char_step + 2 * step_flops(moe, char_train.batch_size))
     # Chapter 14 and Lab 13: the speaker LM is the char preset's recipe with the task's 68 tokens and context 96
     speaker = GPTConfig(**{**char.to_dict(), "vocab_size": 68, "block_size": 96})
+    speaker_run = run_flops(speaker, char_train)  # Chapter 14's, which Lab 13 repeats on a fresh machine
     finetune = 800 * step_flops(speaker, 16)  # Lab 13: one fine-tuning run of 800 steps of 16 pairs
     # Lab 16: a 30-step timing trial with two evaluations of 50 batches each split, then its 16-minute budget
-    trial = 30 * step_flops(char, 64) + 4 * 50 * step_flops(char, 64, backward=False)
+    trial = 30 * char_step + 4 * 50 * step_flops(char, char_train.batch_size, backward=False)
     # Lab 17 (cell 23): two ladder rows of the preset's model, 1000 steps evaluated every 100 on 20 batches
     ladder_train = dataclasses.replace(char_train, max_steps=1000, eval_interval=100, eval_iters=20)
     return [
-        GpuRun(
-            "10_training", "shakespeare-char preset (writes the model Chapter 11 loads)", run_flops(char, char_train)
-        ),
+        GpuRun("10_training", "shakespeare-char preset (writes the model Chapter 11 loads)", char_run),
         GpuRun("10_training", "shakespeare-bpe preset", run_flops(bpe, TrainConfig(**bpe_train, progress=False))),
         GpuRun("10_training", "speed measurements (about 330 steps)", speed),
         GpuRun(
             "11_generating",
             "shakespeare-char preset, unless Chapter 10's model is on this machine",
-            run_flops(char, char_train),
+            char_run,
             note="0 when Chapter 10 ran on the same machine",
         ),
         GpuRun("12_sparse_attention", "5 attention patterns x 3 seeds", run_flops(sparse, sparse_train), repeats=15),
@@ -178,13 +179,13 @@ def gpu_runs() -> list[GpuRun]:
         GpuRun(
             "14_finetuning",
             "speaker LM (char preset recipe, context 96)",
-            run_flops(speaker, char_train),
+            speaker_run,
             note="shared with Lab 13 on one machine",
         ),
         GpuRun(
             "lab13_finetune",
             "speaker LM (as Chapter 14)",
-            run_flops(speaker, char_train),
+            speaker_run,
             note="0 when Chapter 14 ran on the same machine",
         ),
         GpuRun("lab13_finetune", "fine-tuning, 2 weights x 3 seeds of 800 steps", finetune, repeats=6),
