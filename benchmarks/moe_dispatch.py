@@ -1,18 +1,25 @@
 """Benchmark: does a mixture-of-experts layer cost the same with 64 experts as with 8?
 
-Each token visits ``k`` experts of the same width in both cases (equal active compute per token),
-so only the dispatch, getting the tokens to their experts and back, can make more experts cost
-more. Forward + backward of a small MoE GPT, the configurations taking turns (round-robin) so that
-a noisy machine slows them alike. Three dispatches side by side:
+Each token visits ``k`` experts of the same width in both cases (equal active compute per token).
+Forward + backward of a small MoE GPT, the configurations taking turns (round-robin) so that a
+noisy machine slows them alike, at several batch sizes (tokens per batch). Three dispatches side
+by side, and a floor:
 
 * ``sorted``: gptcourse without a capacity (assignments sorted by expert, one sync per layer);
 * ``padded``: gptcourse with a capacity factor (one batched product over an ``(E, capacity, C)``
   grid; the path that compiles without graph breaks);
 * ``per-expert nonzero``: the dispatch gptcourse used before, written here for comparison: a
   ``torch.nonzero`` over all assignments for every expert (a host-device sync each, and work that
-  grows with the number of experts).
+  grows with the number of experts);
+* ``experts alone``: no router, no dispatch and nothing else of the model: each layer's experts
+  forward and backward on contiguous chunks of the sizes its router gives the batch, one product
+  per expert as in ``sorted``. Fewer rows per expert make those products slower per row (on a CPU,
+  a small product does not use the second thread: ``expert_products.py``), so 64 experts cost more
+  than 8 here even with no dispatch at all; ``sorted - experts alone`` is what the dispatch and the
+  rest of the model cost, and that part should not grow with the number of experts. ``padded``
+  escapes the floor by running all the experts in one batched product.
 
-    python benchmarks/moe_dispatch.py                    # CPU, 2 threads
+    python benchmarks/moe_dispatch.py                    # CPU, 2 threads, 2048, 4096 and 8192 tokens
     python benchmarks/moe_dispatch.py --device cuda --batch-size 32 --block-size 256
 """
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 
 import torch
 from timing import round_robin
@@ -41,11 +49,11 @@ def nonzero_dispatch(self: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return out.view(B, T, C), load_balancing_loss(probs, experts, self.alpha)
 
 
-def build(n_expert: int, dispatch: str, args: argparse.Namespace) -> GPT:
+def build(n_expert: int, dispatch: str, block_size: int, args: argparse.Namespace) -> GPT:
     torch.manual_seed(0)
     config = GPTConfig(
         vocab_size=65,
-        block_size=args.block_size,
+        block_size=block_size,
         n_layer=args.n_layer,
         n_head=4,
         n_embd=args.n_embd,
@@ -64,6 +72,33 @@ def build(n_expert: int, dispatch: str, args: argparse.Namespace) -> GPT:
     return model
 
 
+def training_step(model: GPT, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x, x)[1].backward()
+
+    return step
+
+
+def experts_alone(model: GPT, x: torch.Tensor) -> Callable[[], None]:
+    """The floor: forward + backward of each MoE layer's experts on contiguous chunks of the sizes
+    its router gives ``x`` (random inputs of those sizes), with nothing else of the model."""
+    model(x, x)  # each MoE layer records its tokens_per_expert
+    layers = [(m.experts, m.tokens_per_expert.tolist()) for m in model.modules() if isinstance(m, MoE)]
+    inputs = [torch.randn(sum(sizes), model.config.n_embd, device=x.device, requires_grad=True) for _, sizes in layers]
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        total = x.new_zeros((), dtype=torch.float32)
+        for (experts, sizes), rows in zip(layers, inputs, strict=True):
+            rows.grad = None
+            y = torch.cat([expert(chunk) for expert, chunk in zip(experts, rows.split(sizes), strict=True)])
+            total = total + y.square().mean()
+        total.backward()
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -74,44 +109,56 @@ def main() -> None:
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--expert-hidden", type=int, default=256)
     parser.add_argument("--capacity-factor", type=float, default=1.25)
-    parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--block-size", type=int, nargs="+", default=[64, 128, 256], help="one table for each")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="steps per turn")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--goal", type=float, default=1.5, help="the largest acceptable ratio")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dispatches = ["sorted", "padded", "per-expert nonzero"]
-    models = {(d, e): build(e, d, args) for d in dispatches for e in args.experts}
-    x = torch.randint(0, 65, (args.batch_size, args.block_size), device=args.device)
-
-    def training_step(model: GPT):
-        def step():
-            model.zero_grad(set_to_none=True)
-            model(x, x)[1].backward()
-
-        return step
-
-    times = round_robin(
-        {key: training_step(model) for key, model in models.items()}, args.rounds, args.steps, args.device
-    )
+    few, many = args.experts[0], args.experts[-1]
     print(
-        f"MoE GPT: {args.n_layer} layers, n_embd {args.n_embd}, experts {args.expert_hidden} wide, top-{args.top_k}, "
-        f"batch {args.batch_size} x {args.block_size} | forward + backward | device {args.device}, "
-        f"{args.threads} threads | torch {torch.__version__} | median of {args.rounds} turns of {args.steps} steps"
+        f"MoE GPT: {args.n_layer} layers, n_embd {args.n_embd}, experts {args.expert_hidden} wide, top-{args.top_k} "
+        f"| forward + backward | device {args.device}, {args.threads} threads | torch {torch.__version__} "
+        f"| median of {args.rounds} turns of {args.steps} steps"
     )
+    for block_size in args.block_size:
+        tokens = args.batch_size * block_size
+        x = torch.randint(0, 65, (args.batch_size, block_size), device=args.device)
+        steps: dict[tuple[str, int], Callable[[], None]] = {}
+        routed: dict[int, torch.Tensor] = {}  # assignments per expert, all layers, for the floor's chunks
+        for e in args.experts:
+            for d in DISPATCHES:
+                steps[(d, e)] = training_step(build(e, d, block_size, args), x)
+            floor = build(e, "sorted", block_size, args)
+            steps[(FLOOR, e)] = experts_alone(floor, x)
+            routed[e] = torch.cat([m.tokens_per_expert for m in floor.modules() if isinstance(m, MoE)])
+        times = round_robin(steps, args.rounds, args.steps, args.device)
+        ms = {key: 1000 * statistics.median(t) for key, t in times.items()}
+        per_expert = ", ".join(f"{tokens * args.top_k // e} with {e}" for e in args.experts)
+        shape = f"{args.batch_size} x {block_size}"
+        print(f"\n## {tokens} tokens per batch ({shape}): mean assignments per expert {per_expert}")
+        header = "".join(f"{f'{e} experts (ms)':>17}" for e in args.experts)
+        print(f"{'':<26}{header}{f'ratio {many}/{few}':>12}")
+        rows = {d: [ms[(d, e)] for e in args.experts] for d in (*DISPATCHES, FLOOR)}
+        rows["the rest (sorted - alone)"] = [ms[("sorted", e)] - ms[(FLOOR, e)] for e in args.experts]
+        for name, values in rows.items():
+            print(f"{name:<26}" + "".join(f"{v:>17.1f}" for v in values) + f"{values[-1] / values[0]:>12.2f}")
+        spread = ", ".join(f"{int(r.min())} to {int(r.max())} with {e}" for e, r in routed.items())
+        print(f"assignments per expert as routed (any layer): {spread}")
+        verdicts = []
+        for d in ("sorted", "padded"):  # gptcourse's two dispatches
+            ratio = rows[d][-1] / rows[d][0]
+            verdicts.append(f"{d} {'met' if ratio <= args.goal else 'NOT met'} ({ratio:.2f})")
+        print(f"goal ({many} experts <= {args.goal}x {few}): " + ", ".join(verdicts))
     print(
-        f"{'dispatch':<20}"
-        + "".join(f"{f'{e} experts (ms)':>17}" for e in args.experts)
-        + f"{f'ratio {args.experts[-1]}/{args.experts[0]}':>12}"
-    )
-    for d in dispatches:
-        ms = [1000 * statistics.median(times[(d, e)]) for e in args.experts]
-        print(f"{d:<20}" + "".join(f"{m:>17.1f}" for m in ms) + f"{ms[-1] / ms[0]:>12.2f}")
-    print(
-        f"goal: ratio <= 1.5 for sorted, the default dispatch (padded: capacity factor {args.capacity_factor}, "
-        "for torch.compile and accelerators; its batched products are measured here too)"
+        f"\npadded: capacity factor {args.capacity_factor}, for torch.compile and accelerators. experts alone: the "
+        "experts' own products on the routed chunk sizes, with no router, dispatch or rest of the model (the floor)"
     )
 
+
+DISPATCHES = ("sorted", "padded", "per-expert nonzero")
+FLOOR = "experts alone"
 
 if __name__ == "__main__":
     main()

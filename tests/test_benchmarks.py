@@ -3,6 +3,7 @@ whose output is committed under benchmarks/results/); their speed is never asser
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +52,25 @@ def test_train_throughput_prints_both_ratios(transformers):  # the fixture: skip
     assert "throughput ratio gptcourse / transformers GPT2LMHeadModel:" in out
 
 
-def test_moe_dispatch_prints_the_ratio_of_every_dispatch():
+def test_moe_dispatch_prints_the_ratio_of_every_dispatch_and_of_the_floor():
     out = run("moe_dispatch.py", "--n-embd", "32", "--expert-hidden", "32", "--batch-size", "2", "--block-size", "16",
-              "--rounds", "1", "--steps", "1")  # fmt: skip
-    for dispatch in ("sorted", "padded", "per-expert nonzero"):
-        assert any(line.startswith(dispatch) for line in out.splitlines()), out
+              "32", "--rounds", "1", "--steps", "1")  # fmt: skip
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith("## ")] == [
+        "## 32 tokens per batch (2 x 16): mean assignments per expert 8 with 8, 1 with 64",
+        "## 64 tokens per batch (2 x 32): mean assignments per expert 16 with 8, 2 with 64",
+    ]
+    for row in ("sorted", "padded", "per-expert nonzero", "experts alone", "the rest (sorted - alone)"):
+        # the row's name, then its two times and their ratio, in both tables
+        assert sum(bool(re.fullmatch(re.escape(row) + r"( +-?\d+\.\d+){3}", line)) for line in lines) == 2, out
+    assert sum(line.startswith("assignments per expert as routed (any layer): ") for line in lines) == 2, out
+    goal = r"goal \(64 experts <= 1\.5x 8\): sorted (met|NOT met) \(\d+\.\d\d\), padded (met|NOT met) \(\d+\.\d\d\)"
+    assert sum(bool(re.fullmatch(goal, line)) for line in lines) == 2, out
+
+
+def test_expert_products_prints_every_way_on_every_thread_count():
+    out = run("expert_products.py", "--rows", "64", "--n-embd", "16", "--hidden", "32", "--rounds", "1", "--steps", "1")
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith("## ")] == ["## 1 thread"]  # run() passes --threads 1
+    ways = ["one mm per expert", "torch.bmm, equal blocks", "nested bmm", "F.grouped_mm"]
+    assert [line.split("  ")[0] for line in lines if line.split("  ")[0] in ways] == ways, out

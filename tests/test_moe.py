@@ -13,6 +13,7 @@ from gptcourse.model import GPT, GPTConfig
 from gptcourse.moe import (
     MoE,
     active_params,
+    batched_experts,
     capacity_keep,
     expert_capacity,
     load_balancing_loss,
@@ -118,6 +119,24 @@ def test_sparse_moe_gradients_equal_dense_reference(capacity_factor):
         grads.append([p.grad.clone() for p in moe.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_batched_experts_equal_each_expert_on_its_own_rows(bias):
+    torch.manual_seed(5)
+    experts = MoE(config(n_expert=3, bias=bias, expert_hidden=24)).experts
+    x = torch.randn(3, 6, 16, requires_grad=True)
+    inputs = [x, *experts.parameters()]
+    y = batched_experts(experts, x)
+    expected = torch.stack([expert(rows) for expert, rows in zip(experts, x, strict=True)])
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(y.square().sum(), inputs)
+    expected_grads = torch.autograd.grad(expected.square().sum(), inputs)
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    batched_experts(experts, x).square().sum().backward()
+    for p in experts.parameters():  # each expert's gradient in its parameter's own layout
+        assert p.grad is not None and p.grad.shape == p.shape and p.grad.is_contiguous()
 
 
 def test_the_dispatch_is_chosen_at_construction_by_the_capacity():
