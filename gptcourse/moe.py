@@ -21,9 +21,11 @@ reach their experts is chosen once, at construction:
   expert, so each expert's tokens are one contiguous slice: one sort and one read of the ``E``
   batch sizes per layer (the only host-device sync), whatever the number of experts;
 * with a capacity every expert has a fixed number of slots, so the inputs form one ``(E, capacity,
-  C)`` grid and all the experts run as one batched matrix product: every shape is known before the
-  data is seen, which is what ``torch.compile`` (and accelerators; GShard, Switch) need. This is the
-  path an MoE GPT compiles through with no graph break.
+  C)`` grid and all the experts run together, one batched matrix product per linear map of the MLP
+  (:func:`batched_experts`): every shape is known before the data is seen, which is what
+  ``torch.compile`` (and accelerators; GShard, Switch) need. This is the path an MoE GPT compiles
+  through with no graph break, and the one whose cost grows least with the number of experts
+  (``benchmarks/moe_dispatch.py``: one small product per expert uses a CPU worse than one batched one).
 :func:`moe_dense_reference` runs every token through every expert and weights the outputs by the
 gates (zero for unselected experts): the two agree (tested), the first does ``k / n_expert`` of
 the work. Shapes: ``N`` tokens (``B * T`` flattened), ``C`` model width, ``E`` experts.
