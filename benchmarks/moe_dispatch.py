@@ -35,6 +35,9 @@ from timing import round_robin
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.moe import MoE, load_balancing_loss
 
+DISPATCHES = ("sorted", "padded", "per-expert nonzero")
+FLOOR = "experts alone"
+
 
 def nonzero_dispatch(self: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The replaced forward: each expert finds its tokens with ``torch.nonzero`` over all of them."""
@@ -80,9 +83,10 @@ def training_step(model: GPT, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def experts_alone(model: GPT, x: torch.Tensor) -> Callable[[], None]:
+def experts_alone(model: GPT, x: torch.Tensor) -> tuple[Callable[[], None], list[int]]:
     """The floor: forward + backward of each MoE layer's experts on contiguous chunks of the sizes
-    its router gives ``x`` (random inputs of those sizes), with nothing else of the model."""
+    its router gives ``x`` (random inputs of those sizes), with nothing else of the model. Returns
+    the step and those sizes (assignments per expert, layer after layer)."""
     model(x, x)  # each MoE layer records its tokens_per_expert
     layers = [(m.experts, m.tokens_per_expert.tolist()) for m in model.modules() if isinstance(m, MoE)]
     inputs = [torch.randn(sum(sizes), model.config.n_embd, device=x.device, requires_grad=True) for _, sizes in layers]
@@ -96,7 +100,7 @@ def experts_alone(model: GPT, x: torch.Tensor) -> Callable[[], None]:
             total = total + y.square().mean()
         total.backward()
 
-    return step
+    return step, [size for _, sizes in layers for size in sizes]
 
 
 def main() -> None:
@@ -126,13 +130,11 @@ def main() -> None:
         tokens = args.batch_size * block_size
         x = torch.randint(0, 65, (args.batch_size, block_size), device=args.device)
         steps: dict[tuple[str, int], Callable[[], None]] = {}
-        routed: dict[int, torch.Tensor] = {}  # assignments per expert, all layers, for the floor's chunks
+        routed: dict[int, list[int]] = {}  # assignments per expert, all layers: the floor's chunks
         for e in args.experts:
             for d in DISPATCHES:
                 steps[(d, e)] = training_step(build(e, d, block_size, args), x)
-            floor = build(e, "sorted", block_size, args)
-            steps[(FLOOR, e)] = experts_alone(floor, x)
-            routed[e] = torch.cat([m.tokens_per_expert for m in floor.modules() if isinstance(m, MoE)])
+            steps[(FLOOR, e)], routed[e] = experts_alone(build(e, "sorted", block_size, args), x)
         times = round_robin(steps, args.rounds, args.steps, args.device)
         ms = {key: 1000 * statistics.median(t) for key, t in times.items()}
         per_expert = ", ".join(f"{tokens * args.top_k // e} with {e}" for e in args.experts)
@@ -144,7 +146,7 @@ def main() -> None:
         rows["the rest (sorted - alone)"] = [ms[("sorted", e)] - ms[(FLOOR, e)] for e in args.experts]
         for name, values in rows.items():
             print(f"{name:<26}" + "".join(f"{v:>17.1f}" for v in values) + f"{values[-1] / values[0]:>12.2f}")
-        spread = ", ".join(f"{int(r.min())} to {int(r.max())} with {e}" for e, r in routed.items())
+        spread = ", ".join(f"{min(sizes)} to {max(sizes)} with {e}" for e, sizes in routed.items())
         print(f"assignments per expert as routed (any layer): {spread}")
         verdicts = []
         for d in ("sorted", "padded"):  # gptcourse's two dispatches
@@ -156,9 +158,6 @@ def main() -> None:
         "experts' own products on the routed chunk sizes, with no router, dispatch or rest of the model (the floor)"
     )
 
-
-DISPATCHES = ("sorted", "padded", "per-expert nonzero")
-FLOOR = "experts alone"
 
 if __name__ == "__main__":
     main()
