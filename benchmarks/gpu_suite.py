@@ -1,12 +1,14 @@
-"""The prepared GPU run of issue 16: time to loss, the speed ladder, decoding, notebook outputs.
+"""The prepared GPU run of issues 15 and 16: time to loss, the speed ladder, decoding, notebook
+outputs, and the capstone's T4 target.
 
-One command, one output folder, four parts, each with its own deadline (``--loss-s``, ``--ladder-s``,
-``--decode-s``, ``--notebooks-s``: a schedule, so that the seconds a part leaves unused pass to the
-next; the defaults fit about 6 minutes on one H100/H200, and ``--total-s`` caps them all), writing
-its results into ``--out`` as it goes: ``suite.txt`` (everything printed, as printed), one json per part
-(``time_to_loss.json``, ``ladder.json``, ``decoding.json``, ``notebooks.json``), the executed
-notebooks in ``notebooks/``, and ``gpu-suite.tar.gz``, an archive of all of it (the checkpoint
-excepted), rewritten after every part so that a run cut short still leaves one.
+One command, one output folder, five parts, each with its own deadline (``--loss-s``, ``--ladder-s``,
+``--decode-s``, ``--notebooks-s``, ``--capstone-s``: a schedule, so that the seconds a part leaves
+unused pass to the next; the defaults fit about 8 minutes on one H100/H200, and ``--total-s`` caps
+them all), writing its results into ``--out`` as it goes: ``suite.txt`` (everything printed, as
+printed), one json per part (``time_to_loss.json``, ``ladder.json``, ``decoding.json``,
+``notebooks.json``, ``capstone_t4.json``), the executed notebooks in ``notebooks/`` and
+``capstone/``, and ``gpu-suite.tar.gz``, an archive of all of it (the checkpoints excepted),
+rewritten after every part so that a run cut short still leaves one.
 
 1. **Time to loss**: the ``shakespeare-char`` preset (nanoGPT's char config at the gpu size) with
    bf16 autocast, fused AdamW, fused attention and ``torch.compile`` until validation loss <=
@@ -29,6 +31,15 @@ excepted), rewritten after every part so that a run cut short still leaves one.
    1's model while Chapter 10 trains the preset again for its whole schedule) at the run's size
    with nbclient, each in a child process killed at the deadline, into ``notebooks/``; skipped with
    a message when the Jupyter packages are absent.
+5. **The capstone at a T4's steps** (issue 15): a faster GPU plans far more steps in Lab 16's
+   16-minute budget than a Colab T4 does, so the solution notebook is executed (as part 4 does,
+   in a fresh work folder) with one cell added after its planning cell that sets ``max_steps`` to
+   the steps a T4 plans by ``gptcourse.estimate.t4_capstone_steps``: at half the assumed T4 rate
+   first (about 1,370 steps), then at the rate (about 2,750). Each run's practice line (the
+   grader's measure on the validation split) is read back, and the T4 target is the first run's
+   loss rounded up to a hundredth: what the course's own solution reaches on a T4 twice as slow as
+   the estimate. Set it in ``gptcourse/grading/lab16.py`` and the lab's table. ``--parts 5`` runs
+   this part alone (about 3 minutes with the start).
 
 Here (no GPU) it runs the smoke presets and says so loudly (``tests/test_gpu_suite.py``)::
 
@@ -44,29 +55,31 @@ them; both folders are ignored through ``.git/info/exclude``)::
         -d .gpu-wheels nbclient nbformat ipykernel ipywidgets
     mkdir -p .gpu-data && cp -r /work/shared/data /work/shared/tiktoken_cache .gpu-data/
 
-then one device ``run`` with ``carry`` = ``[".gpu-wheels", ".gpu-data"]`` and ``timeout_s`` 400, this
-one line (473 characters)::
+then one device ``run`` with ``carry`` = ``[".gpu-wheels", ".gpu-data"]`` and ``timeout_s`` 560, this
+one line (480 characters)::
 
     export PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFERED=1 PYTHONPATH=$PWD GPTCOURSE_DATA_DIR=$PWD/.gpu-data/data \
     TIKTOKEN_CACHE_DIR=$PWD/.gpu-data/tiktoken_cache GPTCOURSE_CHECKPOINT_DIR=/tmp/gs-ckpt; \
     python3 -m pip install -q --no-index --find-links .gpu-wheels nbclient nbformat ipykernel ipywidgets \
-    || echo 'WHEELS NOT INSTALLED: part 4 will skip'; nvidia-smi -L; \
-    timeout 345 python3 benchmarks/gpu_suite.py --out /tmp/gs; cp /tmp/gs/suite.txt /tmp/gs/gpu-suite.tar.gz $OUT/
+    || echo 'WHEELS NOT INSTALLED: parts 4 and 5 will skip'; nvidia-smi -L; \
+    timeout 495 python3 benchmarks/gpu_suite.py --out /tmp/gs; cp /tmp/gs/suite.txt /tmp/gs/gpu-suite.tar.gz $OUT/
 
 (the backslash-newlines removed). ``timeout`` ends the suite with SIGTERM, which it catches: it says
 so and writes its archive, so the ``cp`` brings back whatever finished. Back here: ``tar xzf
 gpu-suite.tar.gz``, copy ``notebooks/*.ipynb`` over ``chapters/`` and ``suite.txt`` to
-``benchmarks/results/gpu-<device>.txt``.
+``benchmarks/results/gpu-<device>.txt``, and set the T4 target from ``capstone_t4.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -77,6 +90,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,7 +100,7 @@ from timing import round_robin  # noqa: E402  (benchmarks/timing.py)
 from gptcourse import __version__  # noqa: E402
 from gptcourse.attention import KVCache  # noqa: E402
 from gptcourse.generate import generate  # noqa: E402
-from gptcourse.hardware import SIZE_ENV, describe, peak_flops  # noqa: E402
+from gptcourse.hardware import COMMIT_ENV, SIZE_ENV, describe, peak_flops  # noqa: E402
 from gptcourse.model import GPT, GPTConfig  # noqa: E402
 from gptcourse.run import checkpoint_path, model_config, prepare_data, preset, save_pretrained  # noqa: E402
 from gptcourse.train import History, TrainConfig, autocast_context, flops_per_token, resolve_precision, train  # noqa: E402
@@ -483,22 +497,59 @@ def missing_jupyter() -> list[str]:
     return [name for name in JUPYTER if importlib.util.find_spec(name) is None]
 
 
+def jupyter_skip(suite: Suite) -> str | None:
+    """The message a notebook part skips with where the Jupyter packages are absent, else None."""
+    missing = missing_jupyter()
+    if not missing:
+        return None
+    message = (
+        f"SKIPPED: the Jupyter packages {', '.join(missing)} are not installed; on the GPU machine install the "
+        "wheels first (see this script's docstring)"
+    )
+    suite.say(message)
+    return message
+
+
+def notebook_env(size: str, **extra: str) -> dict[str, str]:
+    """The environment a notebook runs in: the suite's size and the commit its outputs name."""
+    from gptcourse.outputs import commit_stamp  # imports nbformat, which part 4's skip does without
+
+    return dict(os.environ, **{SIZE_ENV: size, COMMIT_ENV: commit_stamp()}, **extra)
+
+
+def run_notebook(path: Path, dst: Path, left: float, env: dict[str, str]) -> dict:
+    """Execute ``path`` into ``dst`` in a child process (its own session) killed after ``left`` seconds:
+    ``{"status", "seconds", "written", "tail"}`` (the last lines it printed)."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-c", EXECUTE, str(path), str(int(left) + 1), str(dst)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=left)
+        status = "ok" if proc.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        status = "killed at the deadline"
+    except BaseException:  # Terminated, Ctrl-C: the child's own session must not outlive the suite
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    tail = output.decode(errors="replace").strip().splitlines()[-3:]
+    return {"status": status, "seconds": time.perf_counter() - t0, "written": dst.is_file(), "tail": tail}
+
+
+def tail_if_failed(result: dict) -> str:
+    return "" if result["status"] == "ok" else f": {' | '.join(result['tail'])}"
+
+
 def notebooks(suite: Suite, args: argparse.Namespace, size: str) -> dict:
     deadline, left = suite.deadline(args.notebooks_s)
-    missing = missing_jupyter()
-    if missing:
-        message = (
-            f"SKIPPED: the Jupyter packages {', '.join(missing)} are not installed; on the GPU machine install the "
-            "wheels first (see this script's docstring)"
-        )
-        suite.say(message)
+    message = jupyter_skip(suite)
+    if message:
         return {"status": "skipped", "reason": message, "notebooks": []}
-    from gptcourse.hardware import COMMIT_ENV
-    from gptcourse.outputs import commit_stamp
-
     out = suite.out / "notebooks"
     out.mkdir(exist_ok=True)
-    env = dict(os.environ, **{SIZE_ENV: size, COMMIT_ENV: commit_stamp()})
+    env = notebook_env(size)
     suite.say(
         f"size {size}, commit {env[COMMIT_ENV]} | each notebook in its own process, killed at the deadline "
         f"(in {left:.0f} s) | into {out}"
@@ -517,26 +568,115 @@ def notebooks(suite: Suite, args: argparse.Namespace, size: str) -> dict:
             results.append({"notebook": name, "status": "deadline"})
             continue
         dst = out / path.name
-        t0 = time.perf_counter()
-        cmd = [sys.executable, "-c", EXECUTE, str(path), str(int(left) + 1), str(dst)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=left)
-            status = "ok" if proc.returncode == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            status, cut = "killed at the deadline", True
-        except BaseException:  # Terminated, Ctrl-C: the child's own session must not outlive the suite
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            raise
-        seconds = time.perf_counter() - t0
-        tail = output.decode(errors="replace").strip().splitlines()[-3:]
-        suite.say(f"  {name}: {status} in {seconds:.0f} s" + ("" if status == "ok" else f": {' | '.join(tail)}"))
-        results.append({"notebook": name, "status": status, "seconds": seconds, "written": dst.is_file(), "tail": tail})
+        result = run_notebook(path, dst, left, env)
+        cut = cut or result["status"] == "killed at the deadline"
+        suite.say(f"  {name}: {result['status']} in {result['seconds']:.0f} s" + tail_if_failed(result))
+        results.append({"notebook": name, **result})
     done = all(r["status"] == "ok" for r in results)
     return {"status": "done" if done else ("cut by deadline" if cut else "failed"), "notebooks": results}
+
+
+# ---------------------------------------------------------------------------------------------- 5
+CAPSTONE = ROOT / "solutions" / "lab16_capstone.ipynb"
+PRACTICE = re.compile(r"practice: held-out loss ([0-9.]+) ± ([0-9.]+) \(standard error\) on (\d+) windows")
+PLANNED = re.compile(r"T4 plan \(gpu_suite\.py part 5\): (\d+) steps")
+# The steps a Colab T4 plans by the estimate, at half its assumed rate first (the Colab figure in
+# gptcourse/estimate.py's docstring): the target is set from the run a slow T4 makes, so it holds on one.
+T4_RATES = ((2.0, "half the assumed T4 rate"), (1.0, "the assumed T4 rate"))
+
+
+def with_t4_plan(nb: Any, steps: int) -> Any:
+    """A copy of the capstone notebook whose plan is ``steps``, the steps a T4 makes, instead of the
+    many more this GPU plans in the same minutes: one cell after the planning cell sets them (and
+    saves the plan, as that cell does). Everything else runs as a learner's notebook does."""
+    import nbformat
+
+    plan_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "plan_file.write_text" in c.source]
+    if len(plan_cells) != 1:
+        raise ValueError(
+            f"{CAPSTONE.name}: expected one cell that writes the plan (plan_file.write_text), found {len(plan_cells)}"
+        )
+    source = (
+        "# gpu_suite.py part 5: the steps a Colab T4 plans in this budget (gptcourse.estimate), not this GPU's\n"
+        f"plan['max_steps'] = min(max_steps_cap, {steps})\n"
+        "plan_file.write_text(json.dumps(plan))\n"
+        "print(f\"T4 plan (gpu_suite.py part 5): {plan['max_steps']} steps\")"
+    )
+    nb = copy.deepcopy(nb)
+    nb.cells.insert(plan_cells[0] + 1, nbformat.v4.new_code_cell(source))
+    return nb
+
+
+def practice_score(path: Path) -> dict | None:
+    """What the executed capstone printed: the steps it trained (the added cell's line) and its
+    practice line (the grader's measure on the validation split); None without both."""
+    import nbformat
+
+    if not path.is_file():
+        return None
+    nb = nbformat.read(path, as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    planned, practice = PLANNED.search(text), PRACTICE.search(text)
+    if planned is None or practice is None:
+        return None
+    loss, stderr, windows = float(practice[1]), float(practice[2]), int(practice[3])
+    return {"steps": int(planned[1]), "loss": loss, "stderr": stderr, "windows": windows}
+
+
+def capstone_t4(suite: Suite, args: argparse.Namespace, size: str) -> dict:
+    """Issue 15's T4 target: the capstone solution trained for a T4's steps, scored the grader's way."""
+    from gptcourse.estimate import CAPSTONE_BUDGET_S, t4_capstone_steps
+
+    deadline, left = suite.deadline(args.capstone_s)
+    message = jupyter_skip(suite)
+    if message:
+        return {"status": "skipped", "reason": message, "runs": []}
+    import nbformat
+
+    out = suite.out / "capstone"
+    out.mkdir(exist_ok=True)
+    source = nbformat.read(CAPSTONE, as_version=4)
+    rates = T4_RATES if size == "gpu" else T4_RATES[:1]  # below the gpu size the notebook's cap decides the steps
+    suite.say(
+        f"{CAPSTONE.relative_to(ROOT)} at size {size}, trained for the steps a Colab T4 plans in its "
+        f"{CAPSTONE_BUDGET_S // 60}-minute budget by gptcourse.estimate (this GPU would plan many more), each run "
+        f"in a fresh work folder (the package's modules stand in for a learner's) | deadline in {left:.0f} s"
+    )
+    runs = []
+    for slowdown, rate in rates:
+        steps = t4_capstone_steps(slowdown)
+        left = deadline - time.perf_counter()
+        if left < args.notebook_min_s:
+            suite.say(f"  {rate}, {steps} steps: not run: {left:.0f} s left (< {args.notebook_min_s:.0f} s)")
+            runs.append({"rate": rate, "t4_steps": steps, "status": "deadline"})
+            continue
+        path = out / f"lab16_capstone_t4_{steps}.ipynb"
+        nbformat.write(with_t4_plan(source, steps), path)
+        with tempfile.TemporaryDirectory() as work:
+            result = run_notebook(path, path, left, notebook_env(size, GPTCOURSE_WORK=work))
+        score = practice_score(path)
+        runs.append({"rate": rate, "t4_steps": steps, **result, "practice": score})
+        scored = "no practice line"
+        if score is not None:
+            scored = f"trained {score['steps']} steps; held-out loss {score['loss']:.3f} ± {score['stderr']:.3f}"
+        suite.say(
+            f"  {rate}, {steps} steps: {result['status']} in {result['seconds']:.0f} s; {scored}"
+            + tail_if_failed(result)
+        )
+    first = runs[0].get("practice")
+    if first is None:
+        return {"status": "failed" if runs[0]["status"] != "deadline" else "cut by deadline", "runs": runs}
+    done = all(r["status"] == "ok" and r["practice"] for r in runs)
+    result = {"status": "done" if done else "partly done", "runs": runs, "size": size}
+    if size != "gpu":
+        suite.say(f"no T4 target from the {size} size (the notebook's own cap trained {first['steps']} steps)")
+        return result
+    result["t4_target"] = math.ceil(first["loss"] * 100) / 100
+    suite.say(
+        f"T4 target: {result['t4_target']:.2f} (the loss above at {rates[0][1]}, rounded up to a hundredth: what the "
+        f"course's own solution reaches in the steps a slow T4 makes; state it in gptcourse/grading/lab16.py)"
+    )
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -546,12 +686,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--size", choices=["smoke", "cpu", "gpu"], default="gpu" if cuda else "smoke")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--total-s", type=float, default=330.0, help="all parts together (default 330)")
+    parser.add_argument("--total-s", type=float, default=480.0, help="all parts together (default 480)")
     parser.add_argument("--loss-s", type=float, default=130.0, help="part 1's seconds (default 130)")
     parser.add_argument("--ladder-s", type=float, default=110.0, help="part 2's seconds (default 110)")
     parser.add_argument("--decode-s", type=float, default=20.0, help="part 3's seconds (default 20)")
     parser.add_argument("--notebooks-s", type=float, default=70.0, help="part 4's seconds (default 70)")
-    parser.add_argument("--parts", default="1234", help="which parts to run (default 1234)")
+    parser.add_argument("--capstone-s", type=float, default=150.0, help="part 5's seconds (default 150)")
+    parser.add_argument("--parts", default="12345", help="which parts to run (default 12345)")
     parser.add_argument("--target", type=float, default=1.47)
     parser.add_argument("--eval-iters", type=int, help="part 1 (default: 50 at the gpu size, else the preset's)")
     parser.add_argument("--no-compile", action="store_true", help="part 1 without torch.compile")
@@ -582,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         ("2", "ladder", "2. speed ladder", lambda: ladder(suite, args, args.device, args.size)),
         ("3", "decoding", "3. decoding", lambda: decoding(suite, args, args.device, args.size)),
         ("4", "notebooks", "4. notebooks", lambda: notebooks(suite, args, args.size)),
+        ("5", "capstone_t4", "5. the capstone at a T4's steps", lambda: capstone_t4(suite, args, args.size)),
     ]
     failed = terminated = False
     signal.signal(signal.SIGTERM, on_sigterm)

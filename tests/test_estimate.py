@@ -3,6 +3,10 @@ table of every notebook's gpu size against the 20-minute budget."""
 
 from __future__ import annotations
 
+import ast
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -13,6 +17,7 @@ from gptcourse.model import GPT, GPTConfig
 from gptcourse.run import preset
 from gptcourse.train import TrainConfig, flops_per_token, train
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIG = GPTConfig(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=False)
 
 
@@ -89,3 +94,51 @@ def test_the_command_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert out.startswith("ESTIMATES, not measurements")
     assert "lab16_capstone" in out and "over the budget" in out
+    assert f"Lab 16's plan on a T4 (its 16-minute training budget): {estimate.t4_capstone_steps()} steps" in out
+
+
+def gpu_values(notebook: Path) -> dict[str, object]:
+    """``{name: gpu value}`` of every ``name = sized(...)`` and ``name=sized(...)`` in a notebook's code."""
+    cells = json.loads(notebook.read_text())["cells"]
+    tree = ast.parse("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
+    values: dict[str, object] = {}
+    for node in ast.walk(tree):
+        pairs = []
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            pairs.append((node.targets[0].id, node.value))
+        if isinstance(node, ast.Call):
+            pairs += [(k.arg, k.value) for k in node.keywords]
+        for name, value in pairs:
+            if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "sized":
+                gpu = next(k.value for k in value.keywords if k.arg == "gpu")
+                values[name] = eval(compile(ast.Expression(gpu), "<sized>", "eval"))  # constants: 16 * 60
+    return values
+
+
+def test_the_capstone_estimate_is_the_notebooks_gpu_size():
+    """The estimate's Lab 16 constants and model are what the solution notebook runs at the gpu size,
+    so that the T4 steps it plans (and the T4 target set from them) are the notebook's."""
+    values = gpu_values(ROOT / "solutions" / "lab16_capstone.ipynb")
+    config, recipe = estimate.char_preset()
+    assert values["budget_seconds"] == estimate.CAPSTONE_BUDGET_S
+    assert values["eval_interval"] == estimate.CAPSTONE_EVAL_INTERVAL
+    assert values["eval_iters"] == estimate.CAPSTONE_EVAL_ITERS
+    assert values["max_steps_cap"] == estimate.CAPSTONE_MAX_STEPS
+    assert values["batch_size"] == recipe.batch_size
+    for field in ("block_size", "n_layer", "n_head", "n_embd", "dropout"):
+        assert values[field] == getattr(config, field), field
+
+
+def test_t4_capstone_steps_plan_the_budget_at_the_assumed_rate():
+    """The steps fit the training budget at the assumed rate (one more does not); half the rate
+    gives about half the steps."""
+    config, recipe = estimate.char_preset()
+    step = estimate.step_flops(config, recipe.batch_size) / estimate.t4_flops_per_s()
+    evaluation = 2 * 50 * estimate.step_flops(config, recipe.batch_size, backward=False) / estimate.t4_flops_per_s()
+
+    def cost(n: int) -> float:
+        return n * step + -(-n // 250) * evaluation
+
+    steps = estimate.t4_capstone_steps()
+    assert 1000 < steps < 5000 and cost(steps) <= 16 * 60 < cost(steps + 1)
+    assert estimate.t4_capstone_steps(2.0) == pytest.approx(steps / 2, rel=0.01)
