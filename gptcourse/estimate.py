@@ -182,8 +182,10 @@ def gpu_runs() -> list[GpuRun]:
     speaker = GPTConfig(**{**char.to_dict(), "vocab_size": 68, "block_size": 96})
     speaker_run = run_flops(speaker, char_train)  # Chapter 14's, which Lab 13 repeats on a fresh machine
     finetune = 800 * step_flops(speaker, 16)  # Lab 13: one fine-tuning run of 800 steps of 16 pairs
-    # Lab 16: a 30-step timing trial with two evaluations of 50 batches each split, then its 16-minute budget
-    trial = 30 * char_step + 4 * CAPSTONE_EVAL_ITERS * step_flops(char, char_train.batch_size, backward=False)
+    # Lab 16: 2 warm-up steps evaluated on 1 batch of each split, a 30-step timing trial and one more evaluation
+    # (each of 50 batches of each split), then its 16-minute budget
+    evaluation_batches = 2 * 1 + 4 * CAPSTONE_EVAL_ITERS
+    trial = (2 + 30) * char_step + evaluation_batches * step_flops(char, char_train.batch_size, backward=False)
     # Lab 17 (cell 23): two ladder rows of the preset's model, 1000 steps evaluated every 100 on 20 batches
     ladder_train = dataclasses.replace(char_train, max_steps=1000, eval_interval=100, eval_iters=20)
     return [
