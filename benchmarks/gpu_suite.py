@@ -99,6 +99,7 @@ from timing import round_robin  # noqa: E402  (benchmarks/timing.py)
 
 from gptcourse import __version__  # noqa: E402
 from gptcourse.attention import KVCache  # noqa: E402
+from gptcourse.estimate import CAPSTONE_BUDGET_S, t4_capstone_steps  # noqa: E402
 from gptcourse.generate import generate  # noqa: E402
 from gptcourse.hardware import COMMIT_ENV, SIZE_ENV, describe, peak_flops  # noqa: E402
 from gptcourse.model import GPT, GPTConfig  # noqa: E402
@@ -625,8 +626,6 @@ def practice_score(path: Path) -> dict | None:
 
 def capstone_t4(suite: Suite, args: argparse.Namespace, size: str) -> dict:
     """Issue 15's T4 target: the capstone solution trained for a T4's steps, scored the grader's way."""
-    from gptcourse.estimate import CAPSTONE_BUDGET_S, t4_capstone_steps
-
     deadline, left = suite.deadline(args.capstone_s)
     message = jupyter_skip(suite)
     if message:

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from gptcourse.grading.lab16 import reference_plan  # plan_steps' reference: the notebook's own plan
 from gptcourse.hardware import PEAK_FLOPS
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.run import preset
@@ -127,8 +128,6 @@ def t4_capstone_steps(slowdown: float = 1.0) -> int:
 
     A GPU that is not a T4 plans far more steps in the same minutes, so the course's T4 target is
     set by training this many (``benchmarks/gpu_suite.py``, part 5), not by the budget."""
-    from gptcourse.grading.lab16 import reference_plan  # the exercise's reference: the notebook's own plan
-
     char, char_train = char_preset()
     rate = t4_flops_per_s() / slowdown
     step_s = step_flops(char, char_train.batch_size) / rate
